@@ -1,0 +1,349 @@
+"""relay.yaml: parse and validate, with no I/O beyond reading the file.
+
+Every problem becomes one ConfigError naming the file, the key path and what is wrong,
+so the CLI can print one line and exit 2.
+"""
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+
+import yaml
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """A problem in the configuration: where it is (file, key path) and what it is."""
+
+    def __init__(self, problem: str, path: str = "", source: Optional[str] = None):
+        super().__init__(problem)
+        self.problem = problem
+        self.path = path
+        self.source = source
+
+    def __str__(self) -> str:
+        where = [p for p in (self.source, self.path) if p]
+        return ": ".join(where + [self.problem])
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    idle: int = 10      # seconds of silence before the first probe
+    interval: int = 5   # seconds between probes
+    count: int = 3      # unanswered probes before the connection is dropped
+
+
+@dataclass(frozen=True)
+class Settings:
+    connect_timeout: float = 5.0
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    # Bounds how long sent data may stay unacknowledged (TCP_USER_TIMEOUT / TCP_MAXRT):
+    # keepalive never fires while data is in flight. 0 turns it off.
+    user_timeout: float = 30.0
+    shutdown_grace: float = 5.0
+    # How long a leg that is being closed may take to flush what is already queued for it.
+    drain_timeout: float = 10.0
+    expose_to_all_networks: bool = False
+    log_level: str = "info"
+    log_format: str = "text"
+    loop: str = "auto"
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    listen: Endpoint
+    target: Endpoint
+    allow: Optional[Tuple[IPNetwork, ...]] = None   # None: loopback + the listen interface's subnet
+    max_connections: int = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    routes: Tuple[Route, ...]
+    settings: Settings = field(default_factory=Settings)
+    source: Optional[str] = None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+LOOPS = ("auto", "asyncio", "uvloop", "winloop")
+
+_TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
+             "drain_timeout", "expose_to_all_networks", "log", "loop")
+_ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
+_KEEPALIVE_KEYS = ("idle", "interval", "count")
+_LOG_KEYS = ("level", "format")
+
+
+# ---------------------------------------------------------------- small value parsers
+# Each takes the raw value and the key path and returns a clean value or raises ConfigError.
+
+def parse_endpoint(value: Any, path: str, *, listen: bool) -> Endpoint:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected HOST:PORT as a string, got {_kind(value)}", path)
+    text = value.strip()
+    m = re.fullmatch(r"\[([^\]]*)\]:(\d{1,5})", text) or re.fullmatch(r"([^:\[\]]*):(\d{1,5})", text)
+    if not m:
+        raise ConfigError(f"{value!r} is not HOST:PORT (IPv6 goes in brackets: [::1]:7497)", path)
+    host, port = m.group(1), int(m.group(2))
+    low = 0 if listen else 1   # listen port 0 means "any free port" (useful in tests)
+    if not low <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range ({low}-65535)", path)
+    if host == "localhost":
+        host = "127.0.0.1"
+    if listen:
+        if host in WILDCARD_HOSTS:
+            return Endpoint(ipaddress.ip_address(host or "0.0.0.0").compressed, port)
+        try:
+            host = ipaddress.ip_address(host).compressed
+        except ValueError:
+            raise ConfigError(f"listen host {host!r} must be an IP address of this machine", path) from None
+    elif not host:
+        raise ConfigError("target host is empty", path)
+    return Endpoint(host, port)
+
+
+def parse_network(value: Any, path: str) -> IPNetwork:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ConfigError(f"expected a CIDR such as 172.16.0.0/12, got {_kind(value)}", path)
+    try:
+        return ipaddress.ip_network(value.strip())
+    except ValueError as e:
+        try:
+            loose = ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a CIDR ({e})", path) from None
+        raise ConfigError(f"{value!r} has host bits set; did you mean {loose}?", path) from None
+
+
+def _number(value: Any, path: str, *, low: float, high: float, integer: bool = False) -> float:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(f"expected {'a whole number' if integer else 'a number'}, got {_kind(value)}", path)
+    if isinstance(value, float) and not math.isfinite(value) or not low <= value <= high:
+        raise ConfigError(f"{value!r} is out of range ({low:g}-{high:g})", path)
+    return value
+
+
+def _choice(value: Any, path: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ConfigError(f"{value!r} is not one of: {', '.join(choices)}", path)
+    return value.lower()
+
+
+def _mapping(value: Any, path: str, allowed: Sequence[str]) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a mapping, got {_kind(value)}", path)
+    for key in value:
+        if not isinstance(key, str) or key not in allowed:
+            near = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known keys: {', '.join(allowed)})"
+            raise ConfigError(f"unknown key {key!r}{hint}", _join(path, str(key)))
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false"}.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: Union[str, int]) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+# ---------------------------------------------------------------- the document
+
+def parse_route(raw: Any, path: str) -> Route:
+    m = _mapping(raw, path, _ROUTE_KEYS)
+    for key in ("name", "listen", "target"):
+        if key not in m:
+            raise ConfigError(f"missing required key {key!r}", _join(path, key))
+    name = m["name"]
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ConfigError(f"{name!r} is not a valid name (letters, digits, '.', '_', '-')", _join(path, "name"))
+    allow = None
+    if "allow" in m:
+        raw_allow = m["allow"]
+        if isinstance(raw_allow, str):
+            raw_allow = [raw_allow]
+        if not isinstance(raw_allow, list):
+            raise ConfigError(f"expected a list of CIDRs, got {_kind(raw_allow)}", _join(path, "allow"))
+        if not raw_allow:
+            raise ConfigError("an empty list would refuse every client; remove the key to use the default",
+                              _join(path, "allow"))
+        allow = tuple(parse_network(v, _join(_join(path, "allow"), i)) for i, v in enumerate(raw_allow))
+    max_conn = int(_number(m.get("max_connections", 32), _join(path, "max_connections"),
+                           low=1, high=10000, integer=True))
+    return Route(name=name,
+                 listen=parse_endpoint(m["listen"], _join(path, "listen"), listen=True),
+                 target=parse_endpoint(m["target"], _join(path, "target"), listen=False),
+                 allow=allow, max_connections=max_conn)
+
+
+def parse_settings(doc: dict) -> Settings:
+    kw: dict = {}
+    for key, low, high in (("connect_timeout", 0.01, 600), ("user_timeout", 0, 3600),
+                           ("shutdown_grace", 0, 3600), ("drain_timeout", 0.01, 3600)):
+        if key in doc:
+            kw[key] = float(_number(doc[key], key, low=low, high=high))
+    if "keepalive" in doc:
+        ka = _mapping(doc["keepalive"], "keepalive", _KEEPALIVE_KEYS)
+        limits = {"idle": (1, 7200), "interval": (1, 600), "count": (1, 127)}
+        kw["keepalive"] = Keepalive(**{k: int(_number(v, _join("keepalive", k), low=limits[k][0],
+                                                      high=limits[k][1], integer=True))
+                                       for k, v in ka.items()})
+    if "expose_to_all_networks" in doc:
+        if not isinstance(doc["expose_to_all_networks"], bool):
+            raise ConfigError(f"expected true or false, got {_kind(doc['expose_to_all_networks'])}",
+                              "expose_to_all_networks")
+        kw["expose_to_all_networks"] = doc["expose_to_all_networks"]
+    if "log" in doc:
+        log = _mapping(doc["log"], "log", _LOG_KEYS)
+        if "level" in log:
+            kw["log_level"] = _choice(log["level"], "log.level", LOG_LEVELS)
+        if "format" in log:
+            kw["log_format"] = _choice(log["format"], "log.format", LOG_FORMATS)
+    if "loop" in doc:
+        kw["loop"] = _choice(doc["loop"], "loop", LOOPS)
+    return Settings(**kw)
+
+
+def build(doc: Any, source: Optional[str] = None) -> Config:
+    """Validate an already-loaded document (dict) into a Config."""
+    try:
+        if doc is None:
+            raise ConfigError("the file is empty; it needs at least a 'routes:' list")
+        m = _mapping(doc, "", _TOP_KEYS)
+        if "routes" not in m:
+            raise ConfigError("missing required key 'routes'", "routes")
+        if not isinstance(m["routes"], list) or not m["routes"]:
+            raise ConfigError(f"expected a non-empty list of routes, got {_kind(m['routes'])}", "routes")
+        routes = tuple(parse_route(r, _join("routes", i)) for i, r in enumerate(m["routes"]))
+        check_routes(routes)
+        return Config(routes=routes, settings=parse_settings(m), source=source)
+    except ConfigError as e:
+        e.source = source
+        raise
+
+
+def check_routes(routes: Iterable[Route], path: str = "routes") -> None:
+    names: dict = {}
+    bound: list = []   # (host, port, index) of every fixed listen address so far
+    for i, r in enumerate(routes):
+        here = _join(path, i)
+        if r.name in names:
+            raise ConfigError(f"name {r.name!r} is already used by routes[{names[r.name]}]", _join(here, "name"))
+        names[r.name] = i
+        if r.listen.port == 0:
+            continue
+        for host, port, j in bound:
+            if port == r.listen.port and _overlap(host, r.listen.host):
+                raise ConfigError(f"{r.listen} clashes with routes[{j}].listen", _join(here, "listen"))
+        bound.append((r.listen.host, r.listen.port, i))
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two listen hosts on the same port clash when equal or when one is its family's wildcard."""
+    if (":" in a) != (":" in b):
+        return False
+    return a == b or a in WILDCARD_HOSTS or b in WILDCARD_HOSTS
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+            seen.add(key)
+        except TypeError:   # unhashable key: let the default constructor report it
+            break
+        if duplicate:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse(text: str, source: Optional[str] = None) -> Config:
+    """Parse relay.yaml text. Raises ConfigError and nothing else."""
+    try:
+        doc = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(p for p in (e.context, e.problem) if p) or "YAML syntax error"
+        raise ConfigError(f"YAML syntax error: {what}", where, source) from None
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
+        raise ConfigError(f"YAML error: {e}", "", source) from None
+    return build(doc, source)
+
+
+def load(path: Union[str, os.PathLike]) -> Config:
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read(4 * 1024 * 1024 + 1)
+    except FileNotFoundError:
+        raise ConfigError("file not found", "", source) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a file", "", source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", "", source) from None
+    if len(data) > 4 * 1024 * 1024:
+        raise ConfigError("file is larger than 4 MiB; is this really relay.yaml?", "", source)
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text (byte {e.start})", "", source) from None
+    return parse(text, source)
+
+
+def config_candidates(explicit: Optional[str], cwd: str, platform: str, env: dict) -> list:
+    """Where relay.yaml is looked for, in order. Pure: every input is data."""
+    if explicit:
+        return [explicit]
+    if platform == "win32":
+        found = [_win_join(cwd, "relay.yaml")]
+        if env.get("APPDATA"):
+            found.append(_win_join(env["APPDATA"], "relay", "relay.yaml"))
+        return found
+    found = [os.path.join(cwd, "relay.yaml")]
+    base = env.get("XDG_CONFIG_HOME") or (os.path.join(env["HOME"], ".config") if env.get("HOME") else None)
+    if base:
+        found.append(os.path.join(base, "relay", "relay.yaml"))
+    return found
+
+
+def _win_join(*parts: str) -> str:
+    return "\\".join(p.rstrip("\\/") for p in parts)

@@ -1,0 +1,86 @@
+"""Host-side network knowledge: interface subnets, default allowlists, bind-error hints.
+
+Functions take psutil-shaped data (`{name: [snicaddr(family, address, netmask, ...)]}`) so they are
+tested with recorded inputs from any OS; only `interfaces()` asks the machine.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from typing import Dict, List, Optional, Sequence
+
+from .config import IPNetwork, WILDCARD_HOSTS
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def interfaces() -> Dict[str, list]:
+    import psutil
+    return psutil.net_if_addrs()
+
+
+def _subnet(addr) -> Optional[IPNetwork]:
+    if addr.family not in (socket.AF_INET, socket.AF_INET6) or not addr.netmask:
+        return None
+    host = addr.address.split("%", 1)[0]   # drop an IPv6 zone (fe80::1%eth0)
+    mask = addr.netmask
+    try:
+        if addr.family == socket.AF_INET6 and ":" in mask:
+            prefix = ipaddress.IPv6Address(mask.split("/")[0])
+            mask = str(bin(int(prefix)).count("1"))
+        return ipaddress.ip_interface(f"{host}/{mask}").network
+    except ValueError:
+        return None
+
+
+def subnets_of(host: str, if_addrs: Dict[str, list]) -> List[IPNetwork]:
+    """Subnets of the interface(s) holding `host`; all interfaces' subnets for a wildcard."""
+    found: List[IPNetwork] = []
+    for addrs in if_addrs.values():
+        for a in addrs:
+            if host in WILDCARD_HOSTS or a.address.split("%", 1)[0] == host:
+                net = _subnet(a)
+                if net is not None and net not in found:
+                    found.append(net)
+    return found
+
+
+def default_allow(host: str, if_addrs: Dict[str, list]) -> List[IPNetwork]:
+    """Loopback plus the subnet of the listen address's interface."""
+    nets = list(LOOPBACK)
+    for net in subnets_of(host, if_addrs):
+        if not any(net.version == n.version and net.subnet_of(n) for n in nets):
+            nets.append(net)
+    return nets
+
+
+def allowed(peer_ip: str, nets: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in n for n in nets)
+
+
+# WinError codes from Winsock, as OSError.winerror on Windows.
+WSAEACCES, WSAEADDRINUSE, WSAEADDRNOTAVAIL = 10013, 10048, 10049
+
+
+def bind_hint(err: OSError, host: str, port: int) -> str:
+    """One sentence saying what a failed bind most likely means and what to do."""
+    code = getattr(err, "winerror", None) or err.errno
+    if code in (errno.EADDRINUSE, WSAEADDRINUSE):
+        return (f"another program already listens on {host}:{port}. TWS and IB Gateway hold their own "
+                f"port on every address, so the relay needs a different port; find the owner with "
+                f"'ss -ltnp' (Linux) or 'netstat -ano | findstr :{port}' (Windows)")
+    if code in (errno.EADDRNOTAVAIL, WSAEADDRNOTAVAIL):
+        return (f"{host} is not an address of this machine. If it is the WSL adapter, start WSL first "
+                f"(the adapter appears only then) or check its current address with 'ipconfig'")
+    if code in (errno.EACCES, WSAEACCES):
+        return (f"permission denied for {host}:{port}. Ports below 1024 need root on Linux; on Windows "
+                f"the port may sit in a Hyper-V excluded range "
+                f"('netsh int ipv4 show excludedportrange protocol=tcp') or be held exclusively by TWS")
+    return f"cannot listen on {host}:{port}: {err.strerror or err}"

@@ -1,0 +1,210 @@
+"""The byte pump: one asyncio Protocol per leg, bytes spliced both ways.
+
+Rules (after asyncssh's forwarder):
+- data_received on one leg writes to the other; nothing is parsed or copied.
+- a leg whose write buffer passes the high-water mark pauses reading on its peer, and resumes it
+  at the low-water mark, so memory per connection is bounded whatever the peers do.
+- FIN is forwarded as write_eof (half-close); the connection closes once both sides sent FIN,
+  or as soon as either leg is lost. A closing leg gets drain_timeout to flush, then is aborted.
+- client bytes that arrive before the upstream connect finishes are held (capped) and sent first.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, List, Optional
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .listener import RouteServer
+
+# Write-buffer marks for every transport. uvloop's default low mark is 16 bytes, so always set them.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+# Client bytes held while the upstream connect is in progress; past this the client is paused.
+HOLD_LIMIT = 256 * 1024
+# Largest chunk one data_received can hand us (asyncio's and uvloop's read size).
+READ_CHUNK = 256 * 1024
+# Worst case bytes the relay holds for one connection: each direction's buffer can pass the
+# high mark by one read chunk before reading pauses; plus the pre-connect hold.
+MAX_BUFFERED_PER_CONNECTION = 2 * (HIGH_WATER + READ_CHUNK) + HOLD_LIMIT + READ_CHUNK
+
+
+class Leg(asyncio.Protocol):
+    """One TCP socket of a relayed connection ('client' or 'upstream')."""
+
+    __slots__ = ("splice", "side", "transport", "peer", "out", "nbytes", "eof_in", "lost", "write_paused")
+
+    def __init__(self, splice: "Splice", side: str):
+        self.splice = splice
+        self.side = side
+        self.transport: Optional[asyncio.Transport] = None
+        self.peer: Optional[Leg] = None
+        self.out: Optional[asyncio.Transport] = None   # the peer's transport, once it exists
+        self.nbytes = 0          # bytes received from this side
+        self.eof_in = False      # this side sent FIN
+        self.lost = False
+        self.write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport   # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)   # type: ignore[attr-defined]
+        self.splice.leg_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.nbytes += len(data)
+        out = self.out
+        if out is not None:
+            out.write(data)
+        else:
+            self.splice.hold(data)
+
+    def eof_received(self) -> bool:
+        self.eof_in = True
+        if self.out is not None:
+            self.out.write_eof()
+        self.splice.eof_from(self)
+        return True   # keep the transport: the other direction may still be flowing
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if not self.peer.lost:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.peer.lost:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.lost = True
+        self.splice.leg_lost(self, exc)
+
+
+class Splice:
+    """One client connection and its upstream connection."""
+
+    __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "started",
+                 "peer", "closed_by", "drain_timers", "finished", "__weakref__")
+
+    def __init__(self, route: "RouteServer"):
+        self.route = route
+        self.client = Leg(self, "client")
+        self.upstream = Leg(self, "upstream")
+        self.client.peer, self.upstream.peer = self.upstream, self.client
+        self.held: List[bytes] = []
+        self.held_bytes = 0
+        self.connect_task: Optional[asyncio.Task] = None
+        self.started = time.monotonic()
+        self.peer = "?"
+        self.closed_by: Optional[str] = None
+        self.drain_timers: List[asyncio.TimerHandle] = []
+        self.finished = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def leg_made(self, leg: Leg) -> None:
+        if leg is self.upstream:
+            self.route.tune(leg.transport)
+            leg.out = self.client.transport
+            return
+        self.client.transport = leg.transport
+        if not self.route.admit(self):
+            self.closed_by = "relay"
+            leg.transport.abort()
+            return
+        self.route.tune(leg.transport)
+        self.upstream.out = leg.transport
+        self.connect_task = asyncio.ensure_future(self._connect())
+
+    async def _connect(self) -> None:
+        target = self.route.route.target
+        loop = asyncio.get_event_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self.upstream, target.host, target.port),
+                self.route.settings.connect_timeout)
+        except asyncio.CancelledError:
+            return
+        except (OSError, asyncio.TimeoutError) as e:
+            self.route.connect_failed(self, e)
+            self.closed_by = self.closed_by or "relay"
+            if not self.client.lost:
+                self.client.transport.abort()
+            return
+        if self.client.lost:          # the client went away while we were connecting
+            self.upstream.transport.close()
+            return
+        up = self.upstream.transport
+        self.client.out = up
+        if self.held:
+            up.write(b"".join(self.held))
+            self.held.clear()
+            self.held_bytes = 0
+        if self.client.eof_in:
+            up.write_eof()
+        elif not self.upstream.write_paused:
+            self.client.transport.resume_reading()   # undo a pause taken while holding
+
+    def hold(self, data: bytes) -> None:
+        self.held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes >= HOLD_LIMIT:
+            self.client.transport.pause_reading()
+
+    def eof_from(self, leg: Leg) -> None:
+        if self.closed_by is None:
+            self.closed_by = leg.side
+        if self.client.eof_in and self.upstream.eof_in:
+            self.close()
+
+    def leg_lost(self, leg: Leg, exc: Optional[BaseException]) -> None:
+        if self.closed_by is None:
+            self.closed_by = leg.side if exc is None else f"{leg.side} (reset)"
+        peer = leg.peer
+        if peer.transport is not None and not peer.lost:
+            self._close_leg(peer)
+        elif leg is self.client and self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        if self.client.lost and (self.upstream.lost or self.upstream.transport is None):
+            self._finish()
+
+    def close(self, by: Optional[str] = None) -> None:
+        """Close both legs, flushing what is queued (bounded by drain_timeout)."""
+        if by and self.closed_by is None:
+            self.closed_by = by
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        for leg in (self.client, self.upstream):
+            if leg.transport is not None and not leg.lost:
+                self._close_leg(leg)
+
+    def abort(self, by: str = "relay") -> None:
+        if self.closed_by is None:
+            self.closed_by = by
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        for leg in (self.client, self.upstream):
+            if leg.transport is not None and not leg.lost:
+                leg.transport.abort()
+
+    def _close_leg(self, leg: Leg) -> None:
+        t = leg.transport
+        if t.is_closing():
+            return
+        t.close()
+        if t.get_write_buffer_size():
+            loop = asyncio.get_event_loop()
+            self.drain_timers.append(loop.call_later(self.route.settings.drain_timeout, t.abort))
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        for timer in self.drain_timers:
+            timer.cancel()
+        self.held.clear()
+        self.route.finished(self)
+
+    @property
+    def duration(self) -> float:
+        return time.monotonic() - self.started
