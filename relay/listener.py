@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
@@ -83,10 +83,15 @@ class RouteServer:
                   options=",".join(failed))
 
     def connect_failed(self, splice: Splice, err: BaseException) -> None:
-        reason = "timed out" if isinstance(err, asyncio.TimeoutError) else (
-            getattr(err, "strerror", None) or str(err) or type(err).__name__)
+        if isinstance(err, asyncio.TimeoutError):
+            reason = "timed out"
+        elif getattr(err, "errno", None):
+            reason = os.strerror(err.errno)   # asyncio's own text hides it ("Connect call failed")
+        else:
+            reason = str(err) or type(err).__name__
         event(log, logging.WARNING, "upstream-failed", route=self.route.name, peer=splice.peer,
-              target=str(self.route.target), error=reason)
+              target=str(self.route.target), error=reason,
+              hint="is TWS / IB Gateway running with the API enabled on that port?")
 
     def finished(self, splice: Splice) -> None:
         if splice not in self.active:

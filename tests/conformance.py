@@ -1,0 +1,200 @@
+"""Generic checks every relay variant must pass (after trio's check_half_closeable_stream).
+
+Each check takes `make_relay(target_endpoint) -> awaitable Relay` and uses real loopback sockets.
+"""
+import asyncio
+from typing import List
+
+from helpers import Backend, address, read_all, reset, tcp_states, wait_for
+from relay.pump import MAX_BUFFERED_PER_CONNECTION
+
+
+async def _write_chunks(writer: asyncio.StreamWriter, chunks: List[bytes]) -> None:
+    for c in chunks:
+        writer.write(c)
+        await writer.drain()
+
+
+async def _send_then_eof(writer: asyncio.StreamWriter, chunks: List[bytes]) -> None:
+    await _write_chunks(writer, chunks)
+    writer.write_eof()
+
+
+async def check_exact(make_relay, up: List[bytes], down: List[bytes], order: str) -> None:
+    """Bytes arrive exactly, in order, both ways, for any chunking and close order.
+    order: 'client-first' (client FIN, then server answers and closes), 'server-first', 'both'."""
+    got_up = []
+
+    async def handler(reader, writer):
+        if order == "server-first":
+            await _write_chunks(writer, down)
+            writer.write_eof()
+            got_up.append(await read_all(reader))
+        elif order == "client-first":
+            got_up.append(await read_all(reader))
+            await _write_chunks(writer, down)
+            writer.write_eof()
+        else:
+            sender = asyncio.ensure_future(_send_then_eof(writer, down))
+            got_up.append(await read_all(reader))
+            await sender
+
+    async with Backend(handler) as backend:
+        relay = await make_relay(backend.endpoint)
+        reader, writer = await asyncio.open_connection(*address(relay))
+        if order == "server-first":
+            got_down = await read_all(reader)
+            await _write_chunks(writer, up)
+            writer.write_eof()
+        elif order == "client-first":
+            await _write_chunks(writer, up)
+            writer.write_eof()
+            got_down = await read_all(reader)
+        else:
+            sender = asyncio.ensure_future(_send_then_eof(writer, up))
+            got_down = await read_all(reader)
+            await sender
+        await backend.wait_finished(1)
+        writer.close()
+        assert got_up == [b"".join(up)], "client -> server bytes differ"
+        assert got_down == b"".join(down), "server -> client bytes differ"
+        route = relay.routes[0]
+        await wait_for(lambda: not route.active, what="relay to drop the finished connection")
+        await relay.shutdown(0)
+
+
+async def check_half_close(make_relay, who_first: str) -> None:
+    """After one side's FIN the other direction keeps flowing until it closes too."""
+    events = []
+
+    async def handler(reader, writer):
+        if who_first == "client":
+            assert await reader.read() == b"question"   # EOF arrived: client half-closed
+            events.append("server saw client EOF")
+            for i in range(50):      # the other direction still flows, in many writes
+                writer.write(b"answer-%03d;" % i)
+                await writer.drain()
+            writer.write_eof()
+        else:
+            writer.write(b"hello")
+            writer.write_eof()
+            events.append("server sent EOF")
+            events.append(await read_all(reader))
+
+    async with Backend(handler) as backend:
+        relay = await make_relay(backend.endpoint)
+        reader, writer = await asyncio.open_connection(*address(relay))
+        if who_first == "client":
+            writer.write(b"question")
+            writer.write_eof()
+            body = await read_all(reader)
+            assert body == b"".join(b"answer-%03d;" % i for i in range(50))
+            assert events == ["server saw client EOF"]
+        else:
+            assert await read_all(reader) == b"hello"   # server's FIN forwarded as EOF
+            for i in range(20):        # the client may keep talking after the server's FIN
+                writer.write(b"late-%02d;" % i)
+                await writer.drain()
+            writer.write_eof()
+            await backend.wait_finished(1)
+            assert events[0] == "server sent EOF"
+            assert events[1] == b"".join(b"late-%02d;" % i for i in range(20))
+        writer.close()
+        await relay.shutdown(0)
+
+
+async def check_slow_reader(make_relay, direction: str, total: int = 32 * 1024 * 1024) -> None:
+    """A reader that stops reading makes the relay stop reading the other side: the relay's own
+    buffers stay under MAX_BUFFERED_PER_CONNECTION, then every byte arrives once reading resumes."""
+    release = asyncio.Event()
+    got = []
+    payload = bytes(range(256)) * (total // 256)
+
+    async def handler(reader, writer):
+        if direction == "up":            # server is the slow reader
+            await release.wait()
+            got.append(await read_all(reader))
+        else:                            # server floods, client is the slow reader
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+            await reader.read()
+
+    async with Backend(handler) as backend:
+        relay = await make_relay(backend.endpoint)
+        reader, writer = await asyncio.open_connection(*address(relay))
+        route = relay.routes[0]
+        await wait_for(lambda: route.active, what="connection to open")
+        splice = next(iter(route.active))
+        if direction == "up":
+            sender = asyncio.ensure_future(_write_chunks(writer, [payload]))
+            stalled, reading_leg, writing_leg = sender, splice.client, splice.upstream
+        else:
+            stalled, reading_leg, writing_leg = None, splice.upstream, splice.client
+        # wait until the relay has paused reading the fast side: then nothing more enters the relay
+        await wait_for(lambda: writing_leg.write_paused, what="relay to pause the fast side")
+        peak = writing_leg.transport.get_write_buffer_size()
+        assert not reading_leg.transport.is_reading()
+        assert peak <= MAX_BUFFERED_PER_CONNECTION, f"relay buffered {peak} bytes"
+        assert reading_leg.nbytes < total, "relay read everything: no backpressure"
+        if direction == "up":
+            assert not stalled.done()
+            release.set()
+            await stalled
+            writer.write_eof()
+            await backend.wait_finished(1)
+            assert got == [payload]
+        else:
+            body = await read_all(reader)
+            assert body == payload
+            writer.write_eof()
+        writer.close()
+        await relay.shutdown(0)
+
+
+async def check_close_propagates(make_relay, how: str) -> None:
+    """When either leg closes or resets, the other is closed promptly and no socket is left behind."""
+    server_saw = []
+    server_close = asyncio.Event()
+
+    async def handler(reader, writer):
+        writer.write(b"ready")
+        await writer.drain()
+        if how.startswith("server"):
+            await server_close.wait()
+            if how == "server-reset":
+                reset(writer)
+                return
+            writer.close()        # full close, not half-close
+            return
+        server_saw.append(await read_all(reader))
+
+    async with Backend(handler) as backend:
+        relay = await make_relay(backend.endpoint)
+        route = relay.routes[0]
+        port = route.address.port
+        reader, writer = await asyncio.open_connection(*address(relay))
+        assert await reader.readexactly(5) == b"ready"
+        if how == "client-reset":
+            reset(writer)
+            await backend.wait_finished(1)
+            assert server_saw == [b""]
+        elif how == "client-close":
+            writer.close()
+            await backend.wait_finished(1)
+            assert server_saw == [b""]
+        else:
+            server_close.set()
+            try:
+                rest = await asyncio.wait_for(reader.read(), 5)
+            except ConnectionResetError:
+                rest = b""
+            assert rest == b""
+            writer.close()
+        await wait_for(lambda: not route.active, what="relay to finish the connection")
+        await wait_for(lambda: "CLOSE_WAIT" not in tcp_states({port, backend.endpoint.port}),
+                       what="no CLOSE_WAIT sockets")
+        await relay.shutdown(0)
+
+
+CLOSE_HOWS = ("client-close", "client-reset", "server-close", "server-reset")

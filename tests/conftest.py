@@ -1,0 +1,45 @@
+import asyncio
+import os
+import sys
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from relay import loops
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+# Every async test runs once per event loop the relay supports here.
+LOOP_KINDS = ["asyncio"] + (["uvloop"] if loops.installed_versions().get("uvloop") else [])
+
+
+@pytest.fixture(scope="session", params=LOOP_KINDS)
+def loop_kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def run(loop_kind):
+    """run(coro, timeout=30): run a coroutine to completion on a fresh loop of this session's kind.
+    The timeout turns a hang into a failure instead of a stuck suite."""
+
+    def _run(coro, timeout=30):
+        loop = loops.factory(loop_kind)()
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    return _run

@@ -1,0 +1,128 @@
+"""Real loopback peers for the relay's tests: backends, a relay started in-process, small waits."""
+import asyncio
+import os
+import socket
+from dataclasses import replace
+from typing import Awaitable, Callable, List, Optional
+
+from relay.config import Config, Endpoint, Keepalive, Route, Settings
+from relay.listener import Relay
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class Backend:
+    """A TCP server on 127.0.0.1 running `handler` per connection and counting connections."""
+
+    def __init__(self, handler: Handler):
+        self.handler = handler
+        self.server: Optional[asyncio.AbstractServer] = None
+        self.accepted = 0
+        self.finished = 0
+        self.done = asyncio.Event()   # set every time a handler returns
+        self.errors: List[BaseException] = []
+
+    async def __aenter__(self) -> "Backend":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader, writer) -> None:
+        self.accepted += 1
+        try:
+            await self.handler(reader, writer)
+        except (ConnectionError, OSError) as e:
+            self.errors.append(e)
+        finally:
+            writer.close()
+            self.finished += 1
+            self.done.set()
+
+    async def wait_finished(self, n: int, timeout: float = 10) -> None:
+        async def _wait():
+            while self.finished < n:
+                self.done.clear()
+                await self.done.wait()
+        await asyncio.wait_for(_wait(), timeout)
+
+
+async def echo(reader, writer) -> None:
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            break
+        writer.write(data)
+        await writer.drain()
+    if writer.can_write_eof():
+        writer.write_eof()
+
+
+def settings(**kw) -> Settings:
+    base = dict(connect_timeout=2.0, shutdown_grace=1.0, drain_timeout=2.0)
+    base.update(kw)
+    return Settings(**base)
+
+
+async def start_relay(target: Endpoint, *, allow=None, max_connections: int = 32, listen: str = "127.0.0.1",
+                      name: str = "test", if_addrs: Optional[dict] = None, **kw) -> Relay:
+    route = Route(name=name, listen=Endpoint(listen, 0), target=target, allow=allow, max_connections=max_connections)
+    relay = Relay(Config(routes=(route,), settings=settings(**kw)), if_addrs=if_addrs if if_addrs is not None else {})
+    await relay.start()
+    return relay
+
+
+def address(relay: Relay, i: int = 0):
+    a = relay.routes[i].address
+    return a.host, a.port
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    """Poll a condition on the event loop (cheap, bounded); fail with `what` if it never holds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+async def read_all(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while True:
+        data = await reader.read(1 << 16)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST instead of FIN (SO_LINGER 0)."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    writer.transport.abort()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def tcp_states(ports) -> List[str]:
+    """TCP states of this machine's sockets whose local port is in `ports` (from /proc/net/tcp*)."""
+    names = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+             "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+    out = []
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(path) as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                port = int(parts[1].rsplit(":", 1)[1], 16)
+                if port in ports:
+                    out.append(names.get(parts[3], parts[3]))
+    return out

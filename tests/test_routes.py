@@ -1,0 +1,271 @@
+"""Route behaviour on real loopback sockets: connect failures, pre-connect hold, allowlist, cap,
+wildcard refusal, prompt cleanup, shutdown."""
+import asyncio
+import ipaddress
+import logging
+import socket
+
+import pytest
+
+from helpers import Backend, address, echo, open_fds, read_all, reset, start_relay, tcp_states, wait_for
+from relay.config import Endpoint
+from relay.listener import BindError
+from relay.pump import HOLD_LIMIT
+
+
+def events(caplog, name):
+    return [r for r in caplog.records if r.getMessage() == name]
+
+
+class FullBacklog:
+    """A listener whose accept queue is full, so the kernel drops new SYNs: connects to it hang
+    until `open()` turns it into a real server (the connector's SYN retry then gets through)."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(0)
+        self.filler = socket.create_connection(self.srv.getsockname())   # fills the queue of one
+        self.endpoint = Endpoint("127.0.0.1", self.srv.getsockname()[1])
+
+    async def open(self, handler):
+        filler_port = self.filler.getsockname()[1]
+
+        async def serve(reader, writer):
+            if writer.get_extra_info("peername")[1] == filler_port:
+                writer.close()
+                return
+            await handler(reader, writer)
+        self.srv.setblocking(False)
+        return await asyncio.start_server(serve, sock=self.srv)
+
+    def close(self):
+        self.filler.close()
+        self.srv.close()
+
+
+async def closed_by_relay(reader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(), 3) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_refused_target_closes_client_and_names_target(run, caplog):
+    async def main():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()                                  # nothing listens there now
+        relay = await start_relay(Endpoint("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(*address(relay))
+        assert await closed_by_relay(reader)
+        await wait_for(lambda: events(caplog, "upstream-failed"), what="upstream-failed log line")
+        rec = events(caplog, "upstream-failed")[0]
+        assert rec.fields["target"] == f"127.0.0.1:{port}"
+        assert "refused" in rec.fields["error"].lower()
+        writer.close()
+        await relay.shutdown(0)
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_unreachable_target_times_out_and_closes_client(run, caplog):
+    async def main():
+        hole = FullBacklog()
+        try:
+            relay = await start_relay(hole.endpoint, connect_timeout=0.3)
+            loop = asyncio.get_running_loop()
+            reader, writer = await asyncio.open_connection(*address(relay))
+            t0 = loop.time()
+            assert await closed_by_relay(reader)
+            assert loop.time() - t0 < 2.0
+            rec = events(caplog, "upstream-failed")[0]
+            assert rec.fields["error"] == "timed out"
+            writer.close()
+            await relay.shutdown(0)
+        finally:
+            hole.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_bytes_before_upstream_connect_are_held_capped_and_sent_first(run):
+    async def main():
+        hole = FullBacklog()
+        got = []
+        payload = bytes(range(256)) * (4 * HOLD_LIMIT // 256)   # more than the hold limit
+
+        async def handler(reader, writer):
+            got.append(await read_all(reader))
+            writer.write(b"thanks")
+            writer.write_eof()
+        try:
+            relay = await start_relay(hole.endpoint, connect_timeout=10)
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(payload)
+            writer.write_eof()
+            splice = await _only_splice(relay)
+            # upstream connect is stuck: the relay holds bytes up to the cap, then stops reading
+            await wait_for(lambda: not splice.client.transport.is_reading(), what="client paused at the cap")
+            assert HOLD_LIMIT <= splice.held_bytes < HOLD_LIMIT + 256 * 1024
+            server = await hole.open(handler)
+            assert await asyncio.wait_for(read_all(reader), 10) == b"thanks"
+            assert got == [payload]
+            server.close()
+            writer.close()
+            await relay.shutdown(0)
+        finally:
+            hole.close()
+    run(main(), timeout=20)
+
+
+async def _only_splice(relay):
+    route = relay.routes[0]
+    await wait_for(lambda: route.active, what="connection admitted")
+    return next(iter(route.active))
+
+
+def test_allowlist_refuses_outsiders_without_touching_target_and_rate_limits_log(run, caplog):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, allow=(ipaddress.ip_network("10.0.0.0/8"),))
+            for _ in range(20):
+                reader, writer = await asyncio.open_connection(*address(relay))
+                assert await closed_by_relay(reader)
+                writer.close()
+            assert backend.accepted == 0
+            refused = events(caplog, "refused")
+            assert len(refused) == 5             # burst of 5, the rest suppressed
+            assert refused[0].fields["reason"] == "not-in-allowlist"
+            assert refused[0].fields["peer"].startswith("127.0.0.1:")
+            await relay.shutdown(0)
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_default_allowlist_admits_loopback(run):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint)   # no allow: loopback + listen subnet
+            assert ipaddress.ip_network("127.0.0.0/8") in relay.routes[0].allow
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+            await relay.shutdown(0)
+    run(main())
+
+
+def test_connection_cap_refuses_extra_and_keeps_existing(run, caplog):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, max_connections=2)
+            conns = [await asyncio.open_connection(*address(relay)) for _ in range(2)]
+            await wait_for(lambda: len(relay.routes[0].active) == 2, what="two admitted")
+            reader3, writer3 = await asyncio.open_connection(*address(relay))
+            assert await closed_by_relay(reader3)
+            assert events(caplog, "refused")[0].fields["reason"] == "connection-cap"
+            for i, (r, w) in enumerate(conns):
+                w.write(b"still here %d" % i)
+                assert await r.readexactly(12) == b"still here %d" % i
+                w.close()
+            await relay.shutdown(0)
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_wildcard_listen_refused_unless_explicitly_exposed(run, host):
+    async def main():
+        with pytest.raises(BindError, match="expose_to_all_networks"):
+            await start_relay(Endpoint("127.0.0.1", 9), listen=host)
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, listen=host, expose_to_all_networks=True)
+            loopback = "127.0.0.1" if host == "0.0.0.0" else "::1"
+            reader, writer = await asyncio.open_connection(loopback, relay.routes[0].address.port)
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            writer.close()
+            await relay.shutdown(0)
+    run(main())
+
+
+def test_closing_leg_that_never_drains_is_cut_after_drain_timeout(run):
+    """The server resets while bytes for a client that does not read sit in the relay's buffer
+    (below the high mark, so the relay kept reading and saw the reset): the relay closes the
+    client leg, and since that never drains, aborts it after drain_timeout."""
+    async def main():
+        go, send = asyncio.Event(), asyncio.Event()
+
+        async def send_then_reset(reader, writer):
+            await send.wait()
+            writer.write(b"z" * 100_000)
+            await writer.drain()
+            await go.wait()
+            reset(writer)
+        async with Backend(send_then_reset) as backend:
+            relay = await start_relay(backend.endpoint, drain_timeout=0.5)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(address(relay))
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.transport.pause_reading()              # the client never reads
+            splice = await _only_splice(relay)
+            splice.client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            send.set()
+            await wait_for(lambda: splice.upstream.nbytes == 100_000, what="relay to read the server's bytes")
+            await wait_for(lambda: splice.client.transport.get_write_buffer_size() > 0, what="bytes stuck in relay")
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            go.set()
+            await wait_for(lambda: splice.upstream.lost, what="relay to see the reset")
+            assert splice in relay.routes[0].active              # still draining the client leg
+            await wait_for(lambda: not relay.routes[0].active, timeout=5, what="relay to cut the stuck leg")
+            assert 0.4 < loop.time() - t0 < 3
+            writer.close()
+            await relay.shutdown(0)
+    run(main())
+
+
+def test_abrupt_resets_leave_no_sockets_or_fds(run):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint)
+            route = relay.routes[0]
+            before = open_fds()
+            for _ in range(40):
+                reader, writer = await asyncio.open_connection(*address(relay))
+                writer.write(b"hello")
+                await reader.readexactly(5)
+                reset(writer)
+            await backend.wait_finished(40)
+            await wait_for(lambda: not route.active, what="all connections finished")
+            await wait_for(lambda: open_fds() <= before, what="fds back to baseline")
+            ports = {route.address.port, backend.endpoint.port}
+            await wait_for(lambda: not {"CLOSE_WAIT", "ESTABLISHED"} & set(tcp_states(ports)),
+                           what="no CLOSE_WAIT/ESTABLISHED sockets left")
+            await relay.shutdown(0)
+    run(main())
+
+
+def test_shutdown_lets_finishing_connections_end_and_cuts_the_rest(run):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint)
+            r1, w1 = await asyncio.open_connection(*address(relay))
+            r2, w2 = await asyncio.open_connection(*address(relay))
+            await wait_for(lambda: len(relay.routes[0].active) == 2, what="two admitted")
+            shutdown = asyncio.ensure_future(relay.shutdown(grace=1.0))
+            w1.write(b"bye")
+            w1.write_eof()                       # this one finishes inside the grace period
+            assert await read_all(r1) == b"bye"
+            cut = await shutdown
+            assert cut == 1                      # the idle one was cut
+            assert await closed_by_relay(r2)
+            with pytest.raises(OSError):          # and nothing listens any more
+                await asyncio.open_connection(*address(relay))
+            w1.close()
+            w2.close()
+    run(main())

@@ -1,0 +1,47 @@
+"""The splice's conformance checks, run against every variant on both event loops."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import conformance
+from helpers import start_relay
+
+VARIANTS = {
+    "plain": lambda target: start_relay(target),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(VARIANTS))
+def make_relay(request):
+    return VARIANTS[request.param]
+
+
+chunks = st.lists(st.binary(min_size=1, max_size=48 * 1024), max_size=6)
+
+
+@given(up=chunks, down=chunks, order=st.sampled_from(["client-first", "server-first", "both"]))
+@settings(max_examples=25)
+def test_bytes_exact_any_chunking_and_close_order(run, make_relay, up, down, order):
+    run(conformance.check_exact(make_relay, up, down, order), timeout=10)
+
+
+def test_large_transfer_exact_both_ways(run, make_relay):
+    import random
+    rnd = random.Random(7)
+    up = [rnd.randbytes(rnd.randint(1, 300_000)) for _ in range(20)]
+    down = [rnd.randbytes(rnd.randint(1, 300_000)) for _ in range(20)]
+    run(conformance.check_exact(make_relay, up, down, "both"))
+
+
+@pytest.mark.parametrize("who_first", ["client", "server"])
+def test_half_close_is_forwarded(run, make_relay, who_first):
+    run(conformance.check_half_close(make_relay, who_first))
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_slow_reader_bounds_memory(run, make_relay, direction):
+    run(conformance.check_slow_reader(make_relay, direction))
+
+
+@pytest.mark.parametrize("how", conformance.CLOSE_HOWS)
+def test_close_or_reset_closes_other_leg(run, make_relay, how):
+    run(conformance.check_close_propagates(make_relay, how))
