@@ -25,6 +25,7 @@ class ConfigError(Exception):
     """A problem in the configuration: where it is (file, key path) and what it is."""
 
     def __init__(self, problem: str, path: str = "", source: Optional[str] = None):
+        problem = " ".join(str(problem).split())   # always one line
         super().__init__(problem)
         self.problem = problem
         self.path = path
@@ -304,6 +305,9 @@ def parse(text: str, source: Optional[str] = None) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         what = " ".join(p for p in (e.context, e.problem) if p) or "YAML syntax error"
         raise ConfigError(f"YAML syntax error: {what}", where, source) from None
+    except yaml.reader.ReaderError as e:
+        raise ConfigError(f"character {e.character!r} is not allowed in YAML", f"position {e.position}",
+                          source) from None
     except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
         raise ConfigError(f"YAML error: {e}", "", source) from None
     return build(doc, source)

@@ -11,6 +11,7 @@ Rules (after asyncssh's forwarder):
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from typing import TYPE_CHECKING, List, Optional
 
@@ -27,6 +28,14 @@ READ_CHUNK = 256 * 1024
 # Worst case bytes the relay holds for one connection: each direction's buffer can pass the
 # high mark by one read chunk before reading pauses; plus the pre-connect hold.
 MAX_BUFFERED_PER_CONNECTION = 2 * (HIGH_WATER + READ_CHUNK) + HOLD_LIMIT + READ_CHUNK
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionResetError):
+        return "reset"
+    if isinstance(exc, TimeoutError) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
+        return "timed out"   # keepalive or user timeout gave up on a silent peer
+    return getattr(exc, "strerror", None) or type(exc).__name__
 
 
 class Leg(asyncio.Protocol):
@@ -159,7 +168,7 @@ class Splice:
 
     def leg_lost(self, leg: Leg, exc: Optional[BaseException]) -> None:
         if self.closed_by is None:
-            self.closed_by = leg.side if exc is None else f"{leg.side} (reset)"
+            self.closed_by = leg.side if exc is None else f"{leg.side} ({_why(exc)})"
         peer = leg.peer
         if peer.transport is not None and not peer.lost:
             self._close_leg(peer)

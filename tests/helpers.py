@@ -1,11 +1,14 @@
 """Real loopback peers for the relay's tests: backends, a relay started in-process, small waits."""
 import asyncio
 import os
+import queue
 import socket
-from dataclasses import replace
+import subprocess
+import threading
+import time
 from typing import Awaitable, Callable, List, Optional
 
-from relay.config import Config, Endpoint, Keepalive, Route, Settings
+from relay.config import Config, Endpoint, Route, Settings
 from relay.listener import Relay
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -126,3 +129,51 @@ def tcp_states(ports) -> List[str]:
                 if port in ports:
                     out.append(names.get(parts[3], parts[3]))
     return out
+
+
+class Proc:
+    """A child process whose output lines are collected as they come, for waiting on log lines."""
+
+    def __init__(self, argv, cwd=None):
+        self.proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: List[str] = []
+        self.q: "queue.Queue" = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def wait_line(self, needle: str, timeout: float = 10) -> str:
+        for line in self.lines:
+            if needle in line:
+                return line
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {needle!r} within {timeout}s; got:\n"
+                                     + "\n".join(self.lines)) from None
+            if line is None:
+                self.q.put(None)
+                raise AssertionError(f"process exited before printing {needle!r}:\n" + "\n".join(self.lines))
+            self.lines.append(line)
+            if needle in line:
+                return line
+
+    def finish(self, timeout: float = 10) -> int:
+        rc = self.proc.wait(timeout)
+        while True:
+            line = self.q.get(timeout=5)
+            if line is None:
+                self.q.put(None)
+                return rc
+            self.lines.append(line)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

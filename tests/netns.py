@@ -1,0 +1,79 @@
+"""Two network namespaces joined by a veth pair, playing the Windows host and the WSL guest.
+
+Private addresses chosen by the test (10.231.N.0/24); traffic never leaves the pair. Everything
+is deleted on exit, also when the test fails.
+"""
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+
+def _ip(*args, check=True):
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def can_make_namespaces() -> str:
+    """'' when namespaces can be made here, else the reason they cannot."""
+    if shutil.which("ip") is None:
+        return "the 'ip' command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "creating network namespaces needs root"
+    name = "relayprobe" + uuid.uuid4().hex[:6]
+    r = _ip("netns", "add", name, check=False)
+    if r.returncode != 0:
+        return f"'ip netns add' failed: {r.stderr.strip()}"
+    _ip("netns", "del", name, check=False)
+    return ""
+
+
+def skip_without_namespaces():
+    reason = can_make_namespaces()
+    if reason:
+        pytest.skip(f"cannot build test network namespaces: {reason}")
+
+
+class HostAndGuest:
+    """ns `win` holds `win_ip`, ns `wsl` holds `wsl_ip`; the guest's default route goes via the host,
+    as in WSL's NAT mode."""
+
+    def __init__(self, subnet_octet: int = None):
+        tag = uuid.uuid4().hex[:6]
+        n = subnet_octet if subnet_octet is not None else 1 + int(tag, 16) % 250
+        self.win, self.wsl = f"relwin{tag}", f"relwsl{tag}"
+        self.win_if, self.wsl_if = f"vw{tag}", f"vl{tag}"
+        self.win_ip, self.wsl_ip = f"10.231.{n}.1", f"10.231.{n}.2"
+        self.subnet = f"10.231.{n}.0/24"
+
+    def __enter__(self):
+        try:
+            _ip("netns", "add", self.win)
+            _ip("netns", "add", self.wsl)
+            _ip("link", "add", self.win_if, "type", "veth", "peer", "name", self.wsl_if)
+            _ip("link", "set", self.win_if, "netns", self.win)
+            _ip("link", "set", self.wsl_if, "netns", self.wsl)
+            for ns, ifname, addr in ((self.win, self.win_if, self.win_ip), (self.wsl, self.wsl_if, self.wsl_ip)):
+                _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", ifname)
+                _ip("-n", ns, "link", "set", ifname, "up")
+                _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", self.wsl, "route", "add", "default", "via", self.win_ip)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for ns in (self.win, self.wsl):
+            _ip("netns", "del", ns, check=False)   # deleting a namespace removes its veth end
+
+    def popen(self, ns: str, argv, **kw) -> subprocess.Popen:
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+
+    def run(self, ns: str, argv, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], **kw)
+
+    def vanish_guest(self) -> None:
+        """The guest disappears without FIN or RST: its end of the link goes down."""
+        _ip("-n", self.wsl, "link", "set", self.wsl_if, "down")

@@ -1,0 +1,152 @@
+"""The relay as a user runs it: a real process, real signals, real sockets."""
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from helpers import Proc, tcp_states
+
+RELAY = [sys.executable, "-m", "relay"]
+
+
+def RelayProcess(*args, cwd=None):
+    return Proc(RELAY + list(args), cwd=cwd)
+
+
+def run_relay(*args, cwd=None, timeout=20):
+    return subprocess.run(RELAY + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def listen_port(line):
+    return int(line.split(" listen=")[1].split()[0].rsplit(":", 1)[1])
+
+
+@pytest.fixture
+def echo_server():
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=_echo, args=(c,), daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1]
+    stop.set()
+    srv.close()
+
+
+def _echo(c):
+    with c:
+        while True:
+            try:
+                data = c.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            c.sendall(data)
+
+
+def test_help_lists_commands_and_one_route_form():
+    top = run_relay("--help")
+    assert top.returncode == 0 and "serve" in top.stdout and "check" in top.stdout
+    serve = run_relay("serve", "--help")
+    for flag in ("--listen", "--target", "--allow", "--max-connections", "--loop", "--log-format",
+                 "--expose-to-all-networks", "--config"):
+        assert flag in serve.stdout
+
+
+@pytest.mark.parametrize("yaml_text, words", [
+    ("routes:\n  - name: a\n    listen: 127.0.0.1:99999\n    target: 127.0.0.1:7497\n", "routes[0].listen: port 99999"),
+    ("routes: [\n", "YAML syntax error"),
+    ("routes:\n  - name: a\n    listen: 127.0.0.1:17497\n    target: 127.0.0.1:7497\n    allow: [10.0.0.1/8]\n",
+     "routes[0].allow[0]: '10.0.0.1/8' has host bits set"),
+])
+def test_config_errors_exit_2_with_one_line_and_no_traceback(tmp_path, yaml_text, words):
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml_text)
+    for cmd in (["check", "--config", str(path)], ["serve", "--config", str(path)], []):
+        r = run_relay(*cmd, cwd=tmp_path)
+        assert r.returncode == 2, (cmd, r.stderr)
+        assert "Traceback" not in r.stderr
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and words in err[0] and str(path) in err[0], err
+
+
+def test_missing_config_says_where_it_looked(tmp_path):
+    r = run_relay(cwd=tmp_path)
+    assert r.returncode == 2
+    assert "no relay.yaml found" in r.stderr and str(tmp_path) in r.stderr
+
+
+def test_wildcard_without_explicit_flag_exits_2():
+    r = run_relay("serve", "--listen", "0.0.0.0:0", "--target", "127.0.0.1:7497")
+    assert r.returncode == 2 and "expose_to_all_networks" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_bad_one_route_arguments_exit_2():
+    assert run_relay("serve", "--listen", "127.0.0.1:1").returncode == 2
+    r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--allow", "banana")
+    assert r.returncode == 2 and "--allow" in r.stderr
+
+
+def test_port_in_use_exits_2_with_hint():
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        r = run_relay("serve", "--listen", f"127.0.0.1:{port}", "--target", "127.0.0.1:7497")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "already listens" in out and "Traceback" not in out
+
+
+def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigterm(tmp_path, echo_server):
+    (tmp_path / "relay.yaml").write_text(
+        f"routes:\n  - name: paper\n    listen: 127.0.0.1:0\n    target: 127.0.0.1:{echo_server}\n")
+    relay = RelayProcess(cwd=tmp_path)
+    try:
+        first = relay.wait_line("starting")
+        assert str(tmp_path / "relay.yaml") in first      # the first line says which file is used
+        port = listen_port(relay.wait_line("listening"))
+        relay.wait_line("ready")
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.sendall(b"through the relay")
+            assert c.recv(100) == b"through the relay"
+            opened = relay.wait_line(" open ")
+            assert "route=paper" in opened and "peer=127.0.0.1:" in opened
+            relay.proc.send_signal(signal.SIGTERM)
+            relay.wait_line("draining")
+            assert c.recv(100) == b""                     # cut after the grace period
+        assert relay.finish() == 0
+        closed = relay.wait_line(" close ")
+        assert "bytes_up=17" in closed and "bytes_down=17" in closed
+        assert "connections_cut=1" in relay.wait_line("stopped")
+        assert "LISTEN" not in tcp_states({port})
+    finally:
+        relay.kill()
+
+
+def test_one_route_form_with_json_logs_and_sigint(echo_server):
+    relay = RelayProcess("serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
+                         "--allow", "127.0.0.0/8", "--max-connections", "3", "--log-format", "json", "--loop", "asyncio")
+    try:
+        doc = json.loads(relay.wait_line('"listening"'))
+        assert doc["allow"] == "127.0.0.0/8" and doc["max_connections"] == 3
+        relay.wait_line('"ready"')
+        with socket.create_connection(("127.0.0.1", listen_port(f" listen={doc['listen']} "))) as c:
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"
+        relay.wait_line('"close"')
+        relay.proc.send_signal(signal.SIGINT)
+        assert relay.finish() == 0
+        assert json.loads(relay.wait_line('"starting"'))["loop"] == "asyncio"
+    finally:
+        relay.kill()
