@@ -29,6 +29,7 @@ class RouteServer:
         self.active: Dict[Splice, None] = {}   # insertion-ordered set of live connections
         self.server: Optional[asyncio.AbstractServer] = None
         self.refusals = RateLimit()
+        self.verdicts: Dict[str, bool] = {}   # peer IP -> allowed? (parsing addresses is slow)
         self.opts_failed_logged = False
         self.address = route.listen   # the real bound address once listening (port 0 resolved)
         self.idle = asyncio.Event()
@@ -61,7 +62,12 @@ class RouteServer:
             return False
         ip, port = peername[0], peername[1]
         splice.peer = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-        if not hostnet.allowed(ip, self.allow):
+        verdict = self.verdicts.get(ip)
+        if verdict is None:
+            if len(self.verdicts) >= 4096:   # a scan from many addresses must not grow it unbounded
+                self.verdicts.clear()
+            verdict = self.verdicts[ip] = hostnet.allowed(ip, self.allow)
+        if not verdict:
             self._refuse("not-in-allowlist", splice.peer, key=ip)
             return False
         if len(self.active) >= self.route.max_connections:

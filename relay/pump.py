@@ -92,7 +92,7 @@ class Leg(asyncio.Protocol):
 class Splice:
     """One client connection and its upstream connection."""
 
-    __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "started",
+    __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "__weakref__")
 
     def __init__(self, route: "RouteServer"):
@@ -103,6 +103,7 @@ class Splice:
         self.held: List[bytes] = []
         self.held_bytes = 0
         self.connect_task: Optional[asyncio.Task] = None
+        self.connect_timer: Optional[asyncio.TimerHandle] = None
         self.started = time.monotonic()
         self.peer = "?"
         self.closed_by: Optional[str] = None
@@ -123,19 +124,36 @@ class Splice:
             return
         self.route.tune(leg.transport)
         self.upstream.out = leg.transport
-        self.connect_task = asyncio.ensure_future(self._connect())
+        self._start_connect()
 
-    async def _connect(self) -> None:
-        target = self.route.route.target
+    def _start_connect(self) -> None:
+        # A task straight on create_connection plus a timer: cheaper than a coroutine in wait_for.
         loop = asyncio.get_event_loop()
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: self.upstream, target.host, target.port),
-                self.route.settings.connect_timeout)
-        except asyncio.CancelledError:
-            return
-        except (OSError, asyncio.TimeoutError) as e:
-            self.route.connect_failed(self, e)
+        target = self.route.route.target
+        task = self.connect_task = loop.create_task(
+            loop.create_connection(self._upstream, target.host, target.port))
+        task.add_done_callback(self._connected)
+        self.connect_timer = loop.call_later(self.route.settings.connect_timeout, self._connect_timed_out)
+
+    def _upstream(self) -> Leg:
+        return self.upstream
+
+    def _connect_timed_out(self) -> None:
+        self.connect_timer = None
+        self.connect_task.cancel()
+
+    def _connected(self, task: asyncio.Task) -> None:
+        timed_out = self.connect_timer is None
+        if not timed_out:
+            self.connect_timer.cancel()
+        if task.cancelled():
+            if not timed_out:
+                return                     # cancelled because the client went away
+            err: BaseException = asyncio.TimeoutError()
+        else:
+            err = task.exception()
+        if err is not None:
+            self.route.connect_failed(self, err)
             self.closed_by = self.closed_by or "relay"
             if not self.client.lost:
                 self.client.transport.abort()
@@ -145,14 +163,15 @@ class Splice:
             return
         up = self.upstream.transport
         self.client.out = up
+        paused_by_hold = self.held_bytes >= HOLD_LIMIT
         if self.held:
             up.write(b"".join(self.held))
             self.held.clear()
             self.held_bytes = 0
         if self.client.eof_in:
             up.write_eof()
-        elif not self.upstream.write_paused:
-            self.client.transport.resume_reading()   # undo a pause taken while holding
+        elif paused_by_hold and not self.upstream.write_paused:
+            self.client.transport.resume_reading()
 
     def hold(self, data: bytes) -> None:
         self.held.append(data)

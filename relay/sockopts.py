@@ -6,14 +6,11 @@ values, spelled out because Python's socket module only has the running platform
 """
 from __future__ import annotations
 
-import logging
 import socket
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 from .config import Keepalive
-
-log = logging.getLogger("relay.sockopts")
 
 # (SOL_SOCKET, SO_KEEPALIVE, IPPROTO_TCP, TCP_NODELAY)
 _BASE = {
@@ -70,28 +67,26 @@ def plan(platform: str, keepalive: Keepalive, user_timeout: float) -> List[Opt]:
 
 
 def apply(sock, opts: List[Opt]) -> List[str]:
-    """Set each option on `sock` (trying its fallbacks); return the names that could not be set."""
-    failed = []
-    for first in opts:
-        opt: Optional[Opt] = first
-        while opt is not None:
-            try:
-                _set(sock, opt)
-                break
-            except (OSError, AttributeError, ValueError):
-                opt = opt.fallback
-        else:
-            failed.append(first.what)
-    return failed
+    """Set each option on `sock` (trying its fallbacks); return the names that could not be set.
 
-
-def _set(sock, opt: Opt) -> None:
-    if opt.level is not None:
-        sock.setsockopt(opt.level, opt.name, opt.value)
-        return
-    # Windows ioctl: transports hand out a wrapper without ioctl(), so borrow the handle.
+    Transports hand out wrappers (asyncio's TransportSocket, uvloop's PseudoSocket) that build a
+    socket object per call, so borrow the descriptor once and set everything through it."""
     raw = socket.socket(fileno=sock.fileno())
     try:
-        raw.ioctl(opt.name, opt.value)
+        failed = []
+        for first in opts:
+            opt: Optional[Opt] = first
+            while opt is not None:
+                try:
+                    if opt.level is None:
+                        raw.ioctl(opt.name, opt.value)   # Windows only
+                    else:
+                        raw.setsockopt(opt.level, opt.name, opt.value)
+                    break
+                except (OSError, AttributeError, ValueError):
+                    opt = opt.fallback
+            else:
+                failed.append(first.what)
+        return failed
     finally:
         raw.detach()

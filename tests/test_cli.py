@@ -38,9 +38,11 @@ def echo_server():
             except socket.timeout:
                 continue
             threading.Thread(target=_echo, args=(c,), daemon=True).start()
-    threading.Thread(target=serve, daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
     yield srv.getsockname()[1]
     stop.set()
+    thread.join()
     srv.close()
 
 

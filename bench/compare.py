@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: direct, relay (uvloop and asyncio), socat and HAProxy, one run, same
+backends, same C load generator (bench/loadgen.c). Prints a table and each proxy's ratio to HAProxy.
+
+    python3 bench/compare.py [--quick] [--only direct,relay-uvloop,...]
+
+Needs gcc, socat and haproxy (apt-get install socat haproxy). Traffic stays on 127.0.0.1.
+Rows: ping-pong round trip p50/p99 (128-byte messages, one connection); 200 concurrent connections
+ping-ponging (messages/s, p99); bulk MiB/s through a half-close; new connections/s (connect, 1-byte
+echo, close); memory per idle connection (PSS of the proxy's processes, 500 connections).
+"""
+import argparse
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+LOADGEN = os.path.join(HERE, ".build", "loadgen")
+ECHO, SINK = 21001, 21002          # backends
+P_ECHO, P_SINK = 21011, 21012      # whichever proxy is under test listens here
+
+
+def build_loadgen():
+    os.makedirs(os.path.dirname(LOADGEN), exist_ok=True)
+    subprocess.run(["gcc", "-O2", "-o", LOADGEN, os.path.join(HERE, "loadgen.c")], check=True)
+
+
+def wait_port(port, timeout=10):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def loadgen(*args, timeout=120):
+    out = subprocess.run([LOADGEN, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"loadgen {args}: {out.stderr.strip()}")
+    return {k: float(v) for k, v in (line.split("=") for line in out.stdout.split())}
+
+
+def pss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children = {}
+    pairs = [tuple(map(int, line.split())) for line in out.strip().splitlines()]
+    for p, pp in pairs:
+        children.setdefault(pp, []).append(p)
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+# ------------------------------------------------------------------------- the contenders
+
+def start_direct(tmp):
+    return None, ECHO, SINK
+
+
+def start_relay(tmp, loop):
+    conf = os.path.join(tmp, f"relay-{loop}.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""routes:
+  - {{name: echo, listen: "127.0.0.1:{P_ECHO}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
+  - {{name: sink, listen: "127.0.0.1:{P_SINK}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
+log: {{level: warning}}
+loop: {loop}
+""")
+    p = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"relay-{loop}.log"), "w"))
+    return p, P_ECHO, P_SINK
+
+
+def start_socat(tmp):
+    # the way IB Gateway Docker images run it: one forked process per connection
+    cmd = ["sh", "-c", f"socat TCP-LISTEN:{P_ECHO},bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP:127.0.0.1:{ECHO} & "
+           f"socat TCP-LISTEN:{P_SINK},bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP:127.0.0.1:{SINK} & wait"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), P_ECHO, P_SINK
+
+
+def start_haproxy(tmp, threads=None):
+    conf = os.path.join(tmp, f"haproxy-{threads}.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""global
+    maxconn 5000
+    {f"nbthread {threads}" if threads else ""}
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+listen echo
+    bind 127.0.0.1:{P_ECHO}
+    server s 127.0.0.1:{ECHO}
+listen sink
+    bind 127.0.0.1:{P_SINK}
+    server s 127.0.0.1:{SINK}
+""")
+    p = subprocess.Popen(["haproxy", "-db", "-f", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, P_ECHO, P_SINK
+
+
+CONTENDERS = {
+    "direct": start_direct,
+    "relay-uvloop": lambda tmp: start_relay(tmp, "uvloop"),
+    "relay-asyncio": lambda tmp: start_relay(tmp, "asyncio"),
+    "socat": start_socat,
+    "haproxy": start_haproxy,                     # its default: one thread per core
+    "haproxy-1thread": lambda tmp: start_haproxy(tmp, 1),   # like for like with the one-threaded relay
+}
+
+
+def measure(name, start, tmp, quick):
+    proc, pe, ps = start(tmp)
+    try:
+        wait_port(pe)
+        wait_port(ps)
+        pp = loadgen("pingpong", pe, 128, 5000 if quick else 20000)
+        cc = loadgen("concurrent", pe, 200, 128, 1.5 if quick else 3)
+        bulk = loadgen("bulk", ps, 512 if quick else 2048)
+        cr = loadgen("connrate", pe, 1 if quick else 2)
+        row = {"p50_us": pp["p50_us"], "p99_us": pp["p99_us"], "c200_msgs_s": cc["msgs_per_s"],
+               "c200_p99_us": cc["p99_us"], "bulk_mib_s": bulk["mib_per_s"], "conns_s": cr["conns_per_s"]}
+        if proc is not None:
+            time.sleep(1.0)   # let closed connections settle before the memory baseline
+            pids = tree(proc.pid)
+            before = pss_kib(pids)
+            idle = subprocess.Popen([LOADGEN, "idle", str(pe), "500"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    text=True)
+            assert idle.stdout.readline().startswith("ready")
+            after = pss_kib(tree(proc.pid))
+            idle.stdin.close()
+            idle.wait()
+            row["kib_per_idle_conn"] = (after - before) / 500
+        else:
+            row["kib_per_idle_conn"] = float("nan")
+        return row
+    finally:
+        if proc is not None:
+            for pid in reversed(tree(proc.pid)):
+                try:
+                    os.kill(pid, 15)
+                except ProcessLookupError:
+                    pass
+            proc.wait(timeout=10)
+
+
+ROWS = [("ping-pong p50 (us)", "p50_us", "lower"), ("ping-pong p99 (us)", "p99_us", "lower"),
+        ("200 conns msgs/s", "c200_msgs_s", "higher"), ("200 conns p99 (us)", "c200_p99_us", "lower"),
+        ("bulk MiB/s", "bulk_mib_s", "higher"), ("new conns/s", "conns_s", "higher"),
+        ("KiB per idle conn", "kib_per_idle_conn", "lower")]
+
+
+def ratio(results, key, better, other):
+    """relay-uvloop against `other`, as 'how many times better' (>1 = ahead)."""
+    if "relay-uvloop" not in results or other not in results:
+        return ""
+    r, h = results["relay-uvloop"][key], results[other][key]
+    if not h or h != h or r != r:
+        return ""
+    x = (h / r) if better == "lower" else (r / h)
+    return f"{x:.2f}x {'ahead' if x >= 1 else 'behind'}"
+
+
+def table(results):
+    names = list(results)
+    out = ["| row | " + " | ".join(names) + " | relay-uvloop vs haproxy | vs haproxy-1thread |",
+           "|---|" + "---|" * (len(names) + 2)]
+    for label, key, better in ROWS:
+        cells = [f"{results[n][key]:.1f}" if results[n][key] < 100 else f"{results[n][key]:.0f}" for n in names]
+        ratios = [ratio(results, key, better, other) for other in ("haproxy", "haproxy-1thread")]
+        out.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
+    args = ap.parse_args()
+    for tool in ("gcc", "socat", "haproxy"):
+        if not shutil.which(tool):
+            sys.exit(f"bench needs {tool}: apt-get install gcc socat haproxy")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    build_loadgen()
+    names = args.only.split(",") if args.only else list(CONTENDERS)
+    backends = [subprocess.Popen([LOADGEN, mode, str(port)], stdout=subprocess.DEVNULL)
+                for mode, port in (("echo", ECHO), ("sink", SINK))]
+    try:
+        wait_port(ECHO)
+        wait_port(SINK)
+        results = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in names:
+                print(f"measuring {n} ...", file=sys.stderr, flush=True)
+                results[n] = measure(n, CONTENDERS[n], tmp, args.quick)
+        print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, all on 127.0.0.1\n")
+        print(table(results))
+    finally:
+        for b in backends:
+            b.kill()
+
+
+if __name__ == "__main__":
+    main()
