@@ -21,11 +21,12 @@ class BindError(Exception):
 
 class RouteServer:
     def __init__(self, route: Route, settings: Settings, allow: Sequence[IPNetwork],
-                 opts: Sequence[sockopts.Opt]):
+                 opts: Sequence[sockopts.Opt], inherit: bool = False):
         self.route = route
         self.settings = settings
         self.allow = tuple(allow)
         self.opts = list(opts)
+        self.inherit = inherit   # accepted sockets inherit the listener's options (Linux)
         self.active: Dict[Splice, None] = {}   # insertion-ordered set of live connections
         self.server: Optional[asyncio.AbstractServer] = None
         self.refusals = RateLimit()
@@ -43,6 +44,9 @@ class RouteServer:
                                                    backlog=128, start_serving=True)
         except OSError as e:
             raise BindError(f"route {self.route.name}: {hostnet.bind_hint(e, host, port)}") from None
+        if self.inherit:
+            for sock in self.server.sockets:
+                self._apply(sock)
         bound = self.server.sockets[0].getsockname()
         self.address = type(self.route.listen)(bound[0], bound[1])
         event(log, logging.INFO, "listening", route=self.route.name, listen=str(self.address),
@@ -78,10 +82,14 @@ class RouteServer:
         event(log, logging.INFO, "open", route=self.route.name, peer=splice.peer, target=str(self.route.target))
         return True
 
-    def tune(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is None:
+    def tune(self, transport: asyncio.BaseTransport, accepted: bool) -> None:
+        if accepted and self.inherit:
             return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._apply(sock)
+
+    def _apply(self, sock) -> None:
         failed = sockopts.apply(sock, self.opts)
         if failed and not self.opts_failed_logged:
             self.opts_failed_logged = True
@@ -124,6 +132,7 @@ class Relay:
         self.config = config
         s = config.settings
         opts = sockopts.plan(platform, s.keepalive, s.user_timeout)
+        inherit = sockopts.inherited_by_accepted_sockets(platform)
         self.routes: List[RouteServer] = []
         for route in config.routes:
             if route.listen.host in WILDCARD_HOSTS and not s.expose_to_all_networks:
@@ -133,7 +142,7 @@ class Relay:
             else:
                 allow = hostnet.default_allow(route.listen.host,
                                               if_addrs if if_addrs is not None else hostnet.interfaces())
-            self.routes.append(RouteServer(route, s, allow, opts))
+            self.routes.append(RouteServer(route, s, allow, opts, inherit))
 
     async def start(self) -> None:
         try:

@@ -114,7 +114,7 @@ class Splice:
 
     def leg_made(self, leg: Leg) -> None:
         if leg is self.upstream:
-            self.route.tune(leg.transport)
+            self.route.tune(leg.transport, accepted=False)
             leg.out = self.client.transport
             return
         self.client.transport = leg.transport
@@ -122,7 +122,7 @@ class Splice:
             self.closed_by = "relay"
             leg.transport.abort()
             return
-        self.route.tune(leg.transport)
+        self.route.tune(leg.transport, accepted=True)
         self.upstream.out = leg.transport
         self._start_connect()
 

@@ -39,8 +39,9 @@ def plan(platform: str, keepalive: Keepalive, user_timeout: float) -> List[Opt]:
     kind = "linux" if platform.startswith("linux") else platform
     if kind not in _BASE:
         kind = "linux"   # other Unixes share the Linux option set where they have it
-    sol, so_keepalive, tcp, nodelay = _BASE[kind]
-    opts = [Opt("TCP_NODELAY", tcp, nodelay, 1), Opt("SO_KEEPALIVE", sol, so_keepalive, 1)]
+    # TCP_NODELAY is not in the plan: asyncio, uvloop and winloop set it on every TCP transport.
+    sol, so_keepalive, tcp, _nodelay = _BASE[kind]
+    opts = [Opt("SO_KEEPALIVE", sol, so_keepalive, 1)]
     idle, intvl, cnt = keepalive.idle, keepalive.interval, keepalive.count
     if kind == "linux":
         opts += [Opt("TCP_KEEPIDLE", tcp, _LINUX["TCP_KEEPIDLE"], idle),
@@ -66,12 +67,19 @@ def plan(platform: str, keepalive: Keepalive, user_timeout: float) -> List[Opt]:
     return opts
 
 
+def inherited_by_accepted_sockets(platform: str) -> bool:
+    """Linux copies keepalive and user-timeout settings from a listening socket to the sockets it
+    accepts, so they are set once on the listener. Elsewhere each accepted socket gets them."""
+    return platform.startswith("linux")
+
+
 def apply(sock, opts: List[Opt]) -> List[str]:
     """Set each option on `sock` (trying its fallbacks); return the names that could not be set.
 
     Transports hand out wrappers (asyncio's TransportSocket, uvloop's PseudoSocket) that build a
     socket object per call, so borrow the descriptor once and set everything through it."""
-    raw = socket.socket(fileno=sock.fileno())
+    # family/type/proto given, or socket() asks the kernel for them with four more system calls
+    raw = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
     try:
         failed = []
         for first in opts:

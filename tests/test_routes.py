@@ -269,3 +269,29 @@ def test_shutdown_lets_finishing_connections_end_and_cuts_the_rest(run):
             w1.close()
             w2.close()
     run(main())
+
+
+def test_both_legs_get_nodelay_keepalive_and_user_timeout(run):
+    """Read the options back from the relay's real sockets (on Linux the client leg inherits them
+    from the listener; this proves it)."""
+    from relay.config import Keepalive
+
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, keepalive=Keepalive(idle=7, interval=3, count=4),
+                                      user_timeout=12.5)
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            splice = await _only_splice(relay)
+            for leg in (splice.client, splice.upstream):
+                s = leg.transport.get_extra_info("socket")
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1, leg.side
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, leg.side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7, leg.side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3, leg.side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4, leg.side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12500, leg.side
+            writer.close()
+            await relay.shutdown(0)
+    run(main())
