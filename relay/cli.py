@@ -152,23 +152,31 @@ def main(ctx: click.Context) -> None:
 @click.option("--max-connections", type=click.IntRange(1, 10000), default=32, show_default=True,
               help="One-route form: connection cap.")
 @click.option("--name", default="relay", show_default=True, help="One-route form: route name for logs.")
+@click.option("--discovery-port", type=click.IntRange(0, 65535), default=None,
+              help="One-route form: also serve the discovery answer for `relay wsl` on this port (default: off).")
 @click.option("--expose-to-all-networks", is_flag=True, default=None,
               help="Allow listening on a wildcard address (0.0.0.0 or ::). Exposes the trading API: avoid.")
 @click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default=None,
               help="Event loop (default from config, else auto: uvloop, winloop on Windows, else asyncio).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
-def serve(config_path, listen, target, allow, max_connections, name, expose_to_all_networks,
+def serve(config_path, listen, target, allow, max_connections, name, discovery_port, expose_to_all_networks,
           loop_choice, log_format, log_level) -> None:
     """Serve routes: from relay.yaml, or one route given by --listen and --target."""
     if bool(listen) != bool(target):
         fail("--listen and --target go together")
     if listen:
-        config = cfg.Config(routes=(one_route(listen, target, allow, max_connections, name),))
+        route = one_route(listen, target, allow, max_connections, name)
+        try:
+            cfg.check_discovery_port([route], discovery_port)
+        except cfg.ConfigError as e:
+            fail(str(e).replace("routes[0].listen", "--listen"))
+        config = cfg.Config(routes=(route,), settings=cfg.Settings(discovery_port=discovery_port))
         source_note = "command line"
     else:
-        if allow:
-            fail("--allow belongs to the one-route form (--listen/--target); in relay.yaml use 'allow:'")
+        if allow or discovery_port is not None:
+            fail("--allow and --discovery-port belong to the one-route form (--listen/--target); "
+                 "in relay.yaml use 'allow:' and 'discovery_port:'")
         config, source_note = _load(config_path)
     config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks,
                               log_format=log_format, log_level=log_level)
@@ -197,3 +205,119 @@ def _load(config_path: Optional[str]) -> Tuple[cfg.Config, str]:
         fail(str(e))
     how = "given with --config" if config_path else "found"
     return config, f"{os.path.abspath(path)} ({how})"
+
+
+# ------------------------------------------------------------------------------------ relay wsl
+
+@main.group()
+def wsl() -> None:
+    """The WSL side: find Windows, prove the path to TWS, rewrite the bot's config."""
+
+
+def _wsl_options(f):
+    f = click.option("--host", help=f"Windows host to use (skips discovery; also ${'TWS_RELAY_HOST'}).")(f)
+    f = click.option("--port", type=click.IntRange(1, 65535),
+                     help="Port to probe instead of asking the relay for its routes.")(f)
+    f = click.option("--route", help="Route to use when the relay has several (default: tws-paper).")(f)
+    f = click.option("--discovery-port", type=click.IntRange(1, 65535), default=17400, show_default=True,
+                     help="The relay's discovery port.")(f)
+    f = click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
+                     help="Seconds per connection attempt.")(f)
+    return f
+
+
+def _discover(host, port, route, discovery_port, timeout):
+    from . import wsl as wslmod
+    facts = wslmod.gather_facts()
+    return asyncio.run(wslmod.discover(facts, host=host, port=port, discovery_port=discovery_port,
+                                       route=route, timeout=timeout))
+
+
+def _print_report(report) -> None:
+    sit = report.situation
+    where = "WSL" if sit.environment == "wsl" else "Linux (not WSL)"
+    mode = f", networking mode {sit.mode} (from {sit.mode_source})" if sit.mode else ""
+    click.echo(f"Running in {where}{mode}.")
+    for note in sit.notes:
+        click.echo(f"  note: {note}")
+    if not sit.candidates:
+        click.echo("No candidate address for Windows was found; pass --host.")
+    for c in sit.candidates:
+        click.echo(f"Candidate {c.host} ({c.source})")
+    for v in report.verdicts:
+        mark = "ok  " if v.status == "ok" else "FAIL"
+        click.echo(f"  [{mark}] {v.what} at {v.host}:{v.port}: {v.detail}")
+    if report.best:
+        via = f" (route {report.route})" if report.route else ""
+        click.echo(f"Working path: {report.best.host}:{report.best.port}{via}")
+    else:
+        click.echo("No working path to TWS found.")
+
+
+@wsl.command("discover")
+@_wsl_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
+def wsl_discover(host, port, route, discovery_port, timeout, as_json) -> None:
+    """Find the Windows host and check that TWS answers through the relay. Exit 0 only when a
+    working path was found."""
+    report = _discover(host, port, route, discovery_port, timeout)
+    if as_json:
+        import json
+        click.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        _print_report(report)
+    sys.exit(EXIT_OK if report.best else EXIT_FAIL)
+
+
+@wsl.command("configure")
+@_wsl_options
+@click.option("--env", "env_path", metavar="PATH", help="The bot's .env file (created if absent).")
+@click.option("--yaml", "yaml_path", metavar="PATH", help="Or a YAML config file, keys given as dotted paths.")
+@click.option("--host-key", default=None, help="Key for the host (default IBKR_HOST_IP; in YAML: ibkr.host).")
+@click.option("--port-key", default=None, help="Key for the port (default IBKR_PORT; in YAML: ibkr.port).")
+@click.option("--dry-run", is_flag=True, help="Print the change as a diff; write nothing.")
+@click.option("--no-verify", is_flag=True, help="Write even if the TWS handshake does not answer.")
+def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_path, host_key, port_key,
+                  dry_run, no_verify) -> None:
+    """Write the working host and port into the bot's .env (or YAML) file, keeping everything else."""
+    import difflib
+    from . import envfile
+    if bool(env_path) == bool(yaml_path):
+        fail("give exactly one of --env PATH or --yaml PATH")
+    path = env_path or yaml_path
+    try:
+        old, _ = envfile.read_text(path)   # refuse a bad target before touching the network
+    except envfile.FileRefused as e:
+        fail(f"{e}; nothing written")
+    report = _discover(host, port, route, discovery_port, timeout)
+    if report.best is not None:
+        new_host, new_port = report.best.host, report.best.port
+    elif no_verify and host and port:
+        new_host, new_port = host, port
+    else:
+        _print_report(report)
+        hint = "" if no_verify else " (--no-verify with --host and --port writes anyway)"
+        click.echo(f"relay: nothing written: no working path to TWS was found{hint}", err=True)
+        sys.exit(EXIT_FAIL)
+    text = old or ""
+    try:
+        if env_path:
+            hk, pk = host_key or "IBKR_HOST_IP", port_key or "IBKR_PORT"
+            new = envfile.update_env(text, {hk: new_host, pk: str(new_port)})
+        else:
+            hk, pk = host_key or "ibkr.host", port_key or "ibkr.port"
+            new = envfile.update_yaml(text, {hk: new_host, pk: new_port})
+    except envfile.FileRefused as e:
+        fail(f"{path}: {e}; nothing written")
+    if new == text and old is not None:
+        click.echo(f"{path} already has {hk}={new_host} and {pk}={new_port}; nothing changed.")
+        sys.exit(EXIT_OK)
+    if dry_run:
+        diff = difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True), path, path)
+        click.echo("".join(diff), nl=False)
+        click.echo("(dry run: nothing written)")
+        sys.exit(EXIT_OK)
+    backup = path + ".bak" if old is not None else None
+    envfile.write_atomic(path, new.encode("utf-8"), backup=backup)
+    kept = f" (previous version kept as {backup})" if backup else " (created)"
+    click.echo(f"{path}: {hk}={new_host} {pk}={new_port}{kept}")

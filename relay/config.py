@@ -63,6 +63,8 @@ class Settings:
     # How long a leg that is being closed may take to flush what is already queued for it.
     drain_timeout: float = 10.0
     expose_to_all_networks: bool = False
+    # Port of the read-only discovery answer on each listen address (None: off; 0: any free port).
+    discovery_port: Optional[int] = 17400
     log_level: str = "info"
     log_format: str = "text"
     loop: str = "auto"
@@ -89,7 +91,7 @@ LOG_FORMATS = ("text", "json")
 LOOPS = ("auto", "asyncio", "uvloop", "winloop")
 
 _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
-             "drain_timeout", "expose_to_all_networks", "log", "loop")
+             "drain_timeout", "expose_to_all_networks", "discovery_port", "log", "loop")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
 _LOG_KEYS = ("level", "format")
@@ -220,6 +222,10 @@ def parse_settings(doc: dict) -> Settings:
             raise ConfigError(f"expected true or false, got {_kind(doc['expose_to_all_networks'])}",
                               "expose_to_all_networks")
         kw["expose_to_all_networks"] = doc["expose_to_all_networks"]
+    if "discovery_port" in doc:
+        v = doc["discovery_port"]
+        kw["discovery_port"] = None if v is False else int(_number(v, "discovery_port", low=0, high=65535,
+                                                                  integer=True))
     if "log" in doc:
         log = _mapping(doc["log"], "log", _LOG_KEYS)
         if "level" in log:
@@ -243,7 +249,9 @@ def build(doc: Any, source: Optional[str] = None) -> Config:
             raise ConfigError(f"expected a non-empty list of routes, got {_kind(m['routes'])}", "routes")
         routes = tuple(parse_route(r, _join("routes", i)) for i, r in enumerate(m["routes"]))
         check_routes(routes)
-        return Config(routes=routes, settings=parse_settings(m), source=source)
+        settings = parse_settings(m)
+        check_discovery_port(routes, settings.discovery_port)
+        return Config(routes=routes, settings=settings, source=source)
     except ConfigError as e:
         e.source = source
         raise
@@ -263,6 +271,15 @@ def check_routes(routes: Iterable[Route], path: str = "routes") -> None:
             if port == r.listen.port and _overlap(host, r.listen.host):
                 raise ConfigError(f"{r.listen} clashes with routes[{j}].listen", _join(here, "listen"))
         bound.append((r.listen.host, r.listen.port, i))
+
+
+def check_discovery_port(routes: Iterable[Route], port: Optional[int]) -> None:
+    if not port:
+        return
+    for i, r in enumerate(routes):
+        if r.listen.port == port:
+            raise ConfigError(f"port {port} is the discovery port; give the route another port or set "
+                              f"discovery_port to a free one", f"routes[{i}].listen")
 
 
 def _overlap(a: str, b: str) -> bool:

@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from . import hostnet, sockopts
+from . import discovery, hostnet, sockopts
 from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS
 from .logs import RateLimit, event
 from .pump import Splice
@@ -143,22 +143,43 @@ class Relay:
                 allow = hostnet.default_allow(route.listen.host,
                                               if_addrs if if_addrs is not None else hostnet.interfaces())
             self.routes.append(RouteServer(route, s, allow, opts, inherit))
+        self.discovery: List[discovery.DiscoveryServer] = []
+        if s.discovery_port is not None:
+            by_host: Dict[str, List[RouteServer]] = {}
+            for r in self.routes:
+                by_host.setdefault(r.route.listen.host, []).append(r)
+            for host, routes in by_host.items():
+                nets = [n for r in routes for n in r.allow]
+                self.discovery.append(discovery.DiscoveryServer(
+                    host, s.discovery_port, routes, lambda ip, nets=nets: hostnet.allowed(ip, nets)))
 
     async def start(self) -> None:
         try:
             for r in self.routes:
                 await r.start()
+            for d in self.discovery:
+                try:
+                    await d.start()
+                except OSError as e:
+                    raise BindError(f"discovery answer: {hostnet.bind_hint(e, d.host, d.port)} "
+                                    f"(set discovery_port to another port, or false to turn it off)") from None
+                event(log, logging.INFO, "discovery-listening", listen=f"{d.host}:{d.port}",
+                      routes=",".join(r.route.name for r in d.routes))
         except BindError:
-            for r in self.routes:
-                r.stop_accepting()
+            self.stop_accepting()
             raise
+
+    def stop_accepting(self) -> None:
+        for r in self.routes:
+            r.stop_accepting()
+        for d in self.discovery:
+            d.close()
 
     async def shutdown(self, grace: Optional[float] = None) -> int:
         """Stop accepting, let open connections finish for `grace` seconds, then cut the rest.
         Returns how many connections had to be cut."""
         grace = self.config.settings.shutdown_grace if grace is None else grace
-        for r in self.routes:
-            r.stop_accepting()
+        self.stop_accepting()
         open_now = sum(len(r.active) for r in self.routes)
         if open_now:
             event(log, logging.INFO, "draining", connections=open_now, grace=grace)

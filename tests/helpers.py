@@ -67,7 +67,7 @@ async def echo(reader, writer) -> None:
 
 
 def settings(**kw) -> Settings:
-    base = dict(connect_timeout=2.0, shutdown_grace=1.0, drain_timeout=2.0)
+    base = dict(connect_timeout=2.0, shutdown_grace=1.0, drain_timeout=2.0, discovery_port=None)
     base.update(kw)
     return Settings(**base)
 

@@ -39,13 +39,16 @@ class HostAndGuest:
     """ns `win` holds `win_ip`, ns `wsl` holds `wsl_ip`; the guest's default route goes via the host,
     as in WSL's NAT mode."""
 
-    def __init__(self, subnet_octet: int = None):
+    def __init__(self, subnet_octet: int = None, guest_resolv_conf: str = "nameserver 10.255.255.254\n"):
         tag = uuid.uuid4().hex[:6]
         n = subnet_octet if subnet_octet is not None else 1 + int(tag, 16) % 250
         self.win, self.wsl = f"relwin{tag}", f"relwsl{tag}"
         self.win_if, self.wsl_if = f"vw{tag}", f"vl{tag}"
         self.win_ip, self.wsl_ip = f"10.231.{n}.1", f"10.231.{n}.2"
         self.subnet = f"10.231.{n}.0/24"
+        # `ip netns exec` mounts /etc/netns/NAME/resolv.conf over /etc/resolv.conf: the guest sees
+        # WSL's DNS-tunneling stub, as a real WSL2 guest does, never this machine's resolver
+        self.guest_resolv_conf = guest_resolv_conf
 
     def __enter__(self):
         try:
@@ -59,6 +62,9 @@ class HostAndGuest:
                 _ip("-n", ns, "link", "set", ifname, "up")
                 _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", self.wsl, "route", "add", "default", "via", self.win_ip)
+            os.makedirs(f"/etc/netns/{self.wsl}", exist_ok=True)
+            with open(f"/etc/netns/{self.wsl}/resolv.conf", "w") as f:
+                f.write(self.guest_resolv_conf)
         except BaseException:
             self.__exit__()
             raise
@@ -67,6 +73,7 @@ class HostAndGuest:
     def __exit__(self, *exc):
         for ns in (self.win, self.wsl):
             _ip("netns", "del", ns, check=False)   # deleting a namespace removes its veth end
+        shutil.rmtree(f"/etc/netns/{self.wsl}", ignore_errors=True)
 
     def popen(self, ns: str, argv, **kw) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)

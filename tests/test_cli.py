@@ -112,7 +112,8 @@ def test_port_in_use_exits_2_with_hint():
 
 def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigterm(tmp_path, echo_server):
     (tmp_path / "relay.yaml").write_text(
-        f"routes:\n  - name: paper\n    listen: 127.0.0.1:0\n    target: 127.0.0.1:{echo_server}\n")
+        f"routes:\n  - name: paper\n    listen: 127.0.0.1:0\n    target: 127.0.0.1:{echo_server}\n"
+        "discovery_port: 0\n")
     relay = RelayProcess(cwd=tmp_path)
     try:
         first = relay.wait_line("starting")

@@ -62,6 +62,8 @@ def test_minimal_config_gets_defaults():
     (MINIMAL + "log: {format: xml}\n", "log.format", "not one of"),
     (MINIMAL + "expose_to_all_networks: yes please\n", "expose_to_all_networks", "true or false"),
     (MINIMAL + "loop: fast\n", "loop", "not one of"),
+    (MINIMAL + "discovery_port: 17497\n", "routes[0].listen", "is the discovery port"),
+    (MINIMAL + "discovery_port: yes please\n", "discovery_port", "whole number"),
     (MINIMAL + "connect_timeout: 3\nconnect_timeout: 4\n", "line 6", "duplicate key 'connect_timeout'"),
     ("!!python/object:os.system {}\n", "line 1", "YAML"),
 ])
@@ -72,6 +74,12 @@ def test_each_problem_names_file_key_and_what_is_wrong(text, path, words):
     assert words in e.problem
     assert str(e).startswith("relay.yaml: ")
     assert "\n" not in str(e)
+
+
+def test_discovery_port_default_off_and_custom():
+    assert cfg.parse(MINIMAL).settings.discovery_port == 17400
+    assert cfg.parse(MINIMAL + "discovery_port: false\n").settings.discovery_port is None
+    assert cfg.parse(MINIMAL + "discovery_port: 17401\n").settings.discovery_port == 17401
 
 
 def test_ipv6_and_localhost_endpoints():

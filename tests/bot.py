@@ -1,0 +1,22 @@
+"""A trader's bot: reads IBKR_HOST_IP / IBKR_PORT from a .env file and asks TWS for the time
+through ib_async. Prints 'time <epoch>' on success.   python bot.py PATH_TO_ENV CLIENT_ID"""
+import sys
+
+from ib_async import IB
+
+
+def read_env(path):
+    values = {}
+    for line in open(path):
+        line = line.split("#", 1)[0].strip()
+        if "=" in line:
+            k, v = line.split("=", 1)
+            values[k.strip()] = v.strip().strip("'\"")
+    return values
+
+
+env = read_env(sys.argv[1])
+ib = IB()
+ib.connect(env["IBKR_HOST_IP"], int(env["IBKR_PORT"]), clientId=int(sys.argv[2]), timeout=10)
+print("time", int(ib.reqCurrentTime().timestamp()), flush=True)
+ib.disconnect()
