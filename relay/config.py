@@ -65,6 +65,10 @@ class Settings:
     expose_to_all_networks: bool = False
     # Port of the read-only discovery answer on each listen address (None: off; 0: any free port).
     discovery_port: Optional[int] = 17400
+    # Read each session's opening (hello, version, startApi) to log clientIds; steps aside on non-TWS.
+    tws_aware: bool = True
+    # A second connection asking for a clientId held through the relay gets TWS's error 326 and is closed.
+    reject_duplicate_client_id: bool = False
     log_level: str = "info"
     log_format: str = "text"
     loop: str = "auto"
@@ -91,7 +95,8 @@ LOG_FORMATS = ("text", "json")
 LOOPS = ("auto", "asyncio", "uvloop", "winloop")
 
 _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
-             "drain_timeout", "expose_to_all_networks", "discovery_port", "log", "loop")
+             "drain_timeout", "expose_to_all_networks", "discovery_port", "tws_aware",
+             "reject_duplicate_client_id", "log", "loop")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
 _LOG_KEYS = ("level", "format")
@@ -217,11 +222,11 @@ def parse_settings(doc: dict) -> Settings:
         kw["keepalive"] = Keepalive(**{k: int(_number(v, _join("keepalive", k), low=limits[k][0],
                                                       high=limits[k][1], integer=True))
                                        for k, v in ka.items()})
-    if "expose_to_all_networks" in doc:
-        if not isinstance(doc["expose_to_all_networks"], bool):
-            raise ConfigError(f"expected true or false, got {_kind(doc['expose_to_all_networks'])}",
-                              "expose_to_all_networks")
-        kw["expose_to_all_networks"] = doc["expose_to_all_networks"]
+    for key in ("expose_to_all_networks", "tws_aware", "reject_duplicate_client_id"):
+        if key in doc:
+            if not isinstance(doc[key], bool):
+                raise ConfigError(f"expected true or false, got {_kind(doc[key])}", key)
+            kw[key] = doc[key]
     if "discovery_port" in doc:
         v = doc["discovery_port"]
         kw["discovery_port"] = None if v is False else int(_number(v, "discovery_port", low=0, high=65535,

@@ -60,11 +60,18 @@ def env_value(old_value: str) -> str:
     return old_value.strip()
 
 
+def _lines(text: str) -> List[str]:
+    """Lines with their endings, split at \\n only (str.splitlines also splits at \\f, \\x1e, \\x85...)."""
+    parts = text.split("\n")
+    return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
 def parse_env(text: str) -> Dict[str, str]:
     """KEY -> value for single-line assignments (later lines win, as in python-dotenv)."""
     found: Dict[str, str] = {}
     open_quote = None
-    for line in text.splitlines():
+    for line in _lines(text):
+        line = line.rstrip("\r\n")
         if open_quote:
             if open_quote in line:
                 open_quote = None
@@ -83,7 +90,7 @@ def parse_env(text: str) -> Dict[str, str]:
 def update_env(text: str, updates: Dict[str, str]) -> str:
     """Set each key in place (every occurrence), keeping every other byte; append missing keys."""
     newline = "\r\n" if "\r\n" in text else "\n"
-    lines = text.splitlines(keepends=True)
+    lines = _lines(text)
     seen = set()
     open_quote = None
     out: List[str] = []
@@ -112,7 +119,7 @@ def update_env(text: str, updates: Dict[str, str]) -> str:
         raise FileRefused(f"the file ends inside a quoted value opened with {open_quote}: a key added at the "
                           f"end would become part of it. Close the quote first")
     if missing:
-        if out and not out[-1].endswith(("\n", "\r")):
+        if out and not out[-1].endswith("\n"):
             out[-1] += newline
         out.extend(f"{k}={_render('', updates[k])}{newline}" for k in missing)
     return "".join(out)

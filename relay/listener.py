@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
-from . import discovery, hostnet, sockopts
+from . import discovery, hostnet, sockopts, tws
 from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS
 from .logs import RateLimit, event
 from .pump import Splice
@@ -19,14 +19,34 @@ class BindError(Exception):
     """A route could not listen; the message says why and what to do."""
 
 
+class ClientIds:
+    """Which connection holds which clientId, per target (one TWS session serves one target)."""
+
+    def __init__(self) -> None:
+        self.held: Dict[tuple, Splice] = {}
+
+    def claim(self, target: str, client_id: int, splice: Splice) -> Optional[Splice]:
+        """Record the claim; return the live connection already holding this clientId, if any."""
+        holder = self.held.get((target, client_id))
+        if holder is not None and not holder.finished and holder is not splice:
+            return holder
+        self.held[(target, client_id)] = splice
+        return None
+
+    def release(self, target: str, client_id: int, splice: Splice) -> None:
+        if self.held.get((target, client_id)) is splice:
+            del self.held[(target, client_id)]
+
+
 class RouteServer:
     def __init__(self, route: Route, settings: Settings, allow: Sequence[IPNetwork],
-                 opts: Sequence[sockopts.Opt], inherit: bool = False):
+                 opts: Sequence[sockopts.Opt], inherit: bool = False, client_ids: Optional[ClientIds] = None):
         self.route = route
         self.settings = settings
         self.allow = tuple(allow)
         self.opts = list(opts)
         self.inherit = inherit   # accepted sockets inherit the listener's options (Linux)
+        self.client_ids = client_ids if client_ids is not None else ClientIds()
         self.active: Dict[Splice, None] = {}   # insertion-ordered set of live connections
         self.server: Optional[asyncio.AbstractServer] = None
         self.refusals = RateLimit()
@@ -107,15 +127,39 @@ class RouteServer:
               target=str(self.route.target), error=reason,
               hint="is TWS / IB Gateway running with the API enabled on that port?")
 
+    def tws_event(self, splice: Splice, ev: object) -> None:
+        if isinstance(ev, tws.ServerHello):
+            splice.server_version = ev.version
+        elif isinstance(ev, tws.StartApi):
+            splice.client_id = ev.client_id
+            event(log, logging.INFO, "api-start", route=self.route.name, peer=splice.peer,
+                  client_id=ev.client_id, server_version=splice.server_version)
+            holder = self.client_ids.claim(str(self.route.target), ev.client_id, splice)
+            if holder is not None:
+                rejecting = self.settings.reject_duplicate_client_id
+                event(log, logging.WARNING, "client-id-clash", route=self.route.name, client_id=ev.client_id,
+                      peer=splice.peer, held_by=holder.peer,
+                      action="answered with error 326 and closed" if rejecting else
+                      "passed on; TWS will refuse or time out the newcomer")
+                if rejecting:
+                    splice.reject_client_id()
+        elif isinstance(ev, tws.NotTws):
+            event(log, logging.DEBUG, "not-tws", route=self.route.name, peer=splice.peer, side=ev.side,
+                  reason=ev.reason)
+
     def finished(self, splice: Splice) -> None:
         if splice not in self.active:
             return   # refused before it was admitted; already logged
         del self.active[splice]
         if not self.active:
             self.idle.set()
+        fields = {}
+        if splice.client_id is not None:
+            self.client_ids.release(str(self.route.target), splice.client_id, splice)
+            fields = {"client_id": splice.client_id, "server_version": splice.server_version}
         event(log, logging.INFO, "close", route=self.route.name, peer=splice.peer,
               bytes_up=splice.client.nbytes, bytes_down=splice.upstream.nbytes,
-              duration=round(splice.duration, 3), closed_by=splice.closed_by or "?")
+              duration=round(splice.duration, 3), closed_by=splice.closed_by or "?", **fields)
 
     def _refuse(self, reason: str, peer: str, key: object = None, **fields) -> None:
         ok, suppressed = self.refusals.allow((reason, key))
@@ -133,6 +177,7 @@ class Relay:
         s = config.settings
         opts = sockopts.plan(platform, s.keepalive, s.user_timeout)
         inherit = sockopts.inherited_by_accepted_sockets(platform)
+        self.client_ids = ClientIds()
         self.routes: List[RouteServer] = []
         for route in config.routes:
             if route.listen.host in WILDCARD_HOSTS and not s.expose_to_all_networks:
@@ -142,7 +187,7 @@ class Relay:
             else:
                 allow = hostnet.default_allow(route.listen.host,
                                               if_addrs if if_addrs is not None else hostnet.interfaces())
-            self.routes.append(RouteServer(route, s, allow, opts, inherit))
+            self.routes.append(RouteServer(route, s, allow, opts, inherit, self.client_ids))
         self.discovery: List[discovery.DiscoveryServer] = []
         if s.discovery_port is not None:
             by_host: Dict[str, List[RouteServer]] = {}

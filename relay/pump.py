@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import time
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional
+
+from . import tws
 
 if TYPE_CHECKING:   # pragma: no cover
     from .listener import RouteServer
@@ -29,6 +32,8 @@ READ_CHUNK = 256 * 1024
 # high mark by one read chunk before reading pauses; plus the pre-connect hold.
 MAX_BUFFERED_PER_CONNECTION = 2 * (HIGH_WATER + READ_CHUNK) + HOLD_LIMIT + READ_CHUNK
 
+log = logging.getLogger("relay")
+
 
 def _why(exc: BaseException) -> str:
     if isinstance(exc, ConnectionResetError):
@@ -41,7 +46,7 @@ def _why(exc: BaseException) -> str:
 class Leg(asyncio.Protocol):
     """One TCP socket of a relayed connection ('client' or 'upstream')."""
 
-    __slots__ = ("splice", "side", "transport", "peer", "out", "nbytes", "eof_in", "lost", "write_paused")
+    __slots__ = ("splice", "side", "transport", "peer", "out", "nbytes", "eof_in", "lost", "write_paused", "watch")
 
     def __init__(self, splice: "Splice", side: str):
         self.splice = splice
@@ -53,6 +58,7 @@ class Leg(asyncio.Protocol):
         self.eof_in = False      # this side sent FIN
         self.lost = False
         self.write_paused = False
+        self.watch: Optional[Callable[[bytes], None]] = None   # reads the session's opening, then None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport   # type: ignore[assignment]
@@ -66,6 +72,8 @@ class Leg(asyncio.Protocol):
             out.write(data)
         else:
             self.splice.hold(data)
+        if self.watch is not None:
+            self.watch(data)
 
     def eof_received(self) -> bool:
         self.eof_in = True
@@ -93,7 +101,8 @@ class Splice:
     """One client connection and its upstream connection."""
 
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
-                 "peer", "closed_by", "drain_timers", "finished", "__weakref__")
+                 "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version",
+                 "__weakref__")
 
     def __init__(self, route: "RouteServer"):
         self.route = route
@@ -109,6 +118,13 @@ class Splice:
         self.closed_by: Optional[str] = None
         self.drain_timers: List[asyncio.TimerHandle] = []
         self.finished = False
+        self.client_id: Optional[int] = None
+        self.server_version: Optional[int] = None
+        self.handshake: Optional[tws.Handshake] = None
+        if route.settings.tws_aware:
+            self.handshake = tws.Handshake()
+            self.client.watch = self._watch_client
+            self.upstream.watch = self._watch_server
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -172,6 +188,32 @@ class Splice:
             up.write_eof()
         elif paused_by_hold and not self.upstream.write_paused:
             self.client.transport.resume_reading()
+
+    # -- TWS awareness: read the opening, then step aside ----------------------------------------
+
+    def _watch_client(self, data: bytes) -> None:
+        self._tws_events(self.handshake.from_client, data)
+
+    def _watch_server(self, data: bytes) -> None:
+        self._tws_events(self.handshake.from_server, data)
+
+    def _tws_events(self, feed: Callable[[bytes], list], data: bytes) -> None:
+        try:
+            for ev in feed(data):
+                self.route.tws_event(self, ev)
+        except Exception:   # knowing the session is a bonus: it must never break the connection
+            log.debug("tws-parse-error", exc_info=True)
+            self.handshake.done = True
+        if self.handshake.done:
+            self.client.watch = self.upstream.watch = None
+            self.handshake = None
+
+    def reject_client_id(self) -> None:
+        """Answer with TWS's error 326 (when the session's form allows it) and close both legs."""
+        self.closed_by = self.closed_by or "relay (client id in use)"
+        if self.server_version is not None and self.server_version < tws.RAW_MSG_ID and not self.client.lost:
+            self.client.transport.write(tws.client_id_in_use(self.server_version, self.client_id))
+        self.close()
 
     def hold(self, data: bytes) -> None:
         self.held.append(data)

@@ -35,6 +35,7 @@ def test_seed_env_updates_in_place_keeping_comments_and_other_keys():
     ("", "IBKR_PORT=17497\n"),
     ('CERT="-----BEGIN\nIBKR_PORT=1\n-----"\n', 'CERT="-----BEGIN\nIBKR_PORT=1\n-----"\nIBKR_PORT=17497\n'),
     ("#IBKR_PORT=7497\n", "#IBKR_PORT=7497\nIBKR_PORT=17497\n"),   # a commented-out key is left alone
+    ("A=x\x0cy\nIBKR_PORT=1\n", "A=x\x0cy\nIBKR_PORT=17497\n"),      # a form feed is not a line break
 ])
 def test_env_styles(before, after):
     assert envfile.update_env(before, {"IBKR_PORT": "17497"}) == after
@@ -74,7 +75,7 @@ def test_any_file_keeps_every_other_line_and_gets_the_values(body, nl, host, por
 
     def others(t):
         out, open_quote = [], None
-        for line in t.splitlines():
+        for line in (raw.rstrip("\r\n") for raw in envfile._lines(t)):
             if open_quote:
                 out.append(line)
                 if open_quote in line:
