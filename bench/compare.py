@@ -83,17 +83,19 @@ def start_direct(tmp):
     return None, ECHO, SINK
 
 
-def start_relay(tmp, loop):
-    conf = os.path.join(tmp, f"relay-{loop}.yaml")
+def start_relay(tmp, loop, tws_aware=True):
+    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}.yaml")
     with open(conf, "w") as f:
-        f.write(f"""routes:
+        f.write(f"""tws_aware: {str(tws_aware).lower()}
+discovery_port: false
+routes:
   - {{name: echo, listen: "127.0.0.1:{P_ECHO}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
   - {{name: sink, listen: "127.0.0.1:{P_SINK}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
 log: {{level: warning}}
 loop: {loop}
 """)
     p = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, f"relay-{loop}.log"), "w"))
+                         stdout=subprocess.DEVNULL, stderr=open(conf + ".log", "w"))
     return p, P_ECHO, P_SINK
 
 
@@ -199,9 +201,52 @@ def table(results):
     return "\n".join(out)
 
 
+def tws_overhead(rounds=7):
+    """TWS awareness on vs off, every connection opening with the API handshake: median of
+    `rounds` interleaved ping-pong and bulk measurements each."""
+    os.environ["LOADGEN_TWS"] = "1"
+    samples = {True: {"p50_us": [], "p99_us": [], "bulk_mib_s": []}, False: {"p50_us": [], "p99_us": [],
+                                                                              "bulk_mib_s": []}}
+    backends = [subprocess.Popen([LOADGEN, mode, str(port)], stdout=subprocess.DEVNULL)
+                for mode, port in (("echo", ECHO), ("sink", SINK))]
+    try:
+        wait_port(ECHO)
+        wait_port(SINK)
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(rounds):
+                for aware in (True, False):
+                    proc, pe, ps = start_relay(tmp, "uvloop", tws_aware=aware)
+                    try:
+                        wait_port(pe)
+                        pp = loadgen("pingpong", pe, 128, 20000)
+                        bulk = loadgen("bulk", ps, 2048)
+                    finally:
+                        proc.terminate()
+                        proc.wait()
+                    samples[aware]["p50_us"].append(pp["p50_us"])
+                    samples[aware]["p99_us"].append(pp["p99_us"])
+                    samples[aware]["bulk_mib_s"].append(bulk["mib_per_s"])
+    finally:
+        for b in backends:
+            b.kill()
+    med = {a: {k: sorted(v)[len(v) // 2] for k, v in rows.items()} for a, rows in samples.items()}
+    print(f"\nTWS awareness, relay on uvloop, every connection opens with the API handshake "
+          f"(median of {rounds} interleaved rounds):\n")
+    print("| row | awareness off (range) | awareness on (range) | on vs off |\n|---|---|---|---|")
+    for key, label, better in (("p50_us", "ping-pong p50 (us)", "lower"), ("p99_us", "ping-pong p99 (us)", "lower"),
+                               ("bulk_mib_s", "bulk MiB/s", "higher")):
+        off, on = med[False][key], med[True][key]
+        change = (on - off) / off * 100 if better == "higher" else (off - on) / off * 100
+        spread = {a: f"{min(samples[a][key]):.0f}-{max(samples[a][key]):.0f}" for a in (False, True)}
+        print(f"| {label} | {off:.1f} ({spread[False]}) | {on:.1f} ({spread[True]}) | "
+              f"{change:+.1f}% {'(better)' if change >= 0 else '(worse)'} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
+    ap.add_argument("--tws-overhead", action="store_true",
+                    help="only compare TWS awareness on vs off (ping-pong and bulk, handshake first)")
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
     args = ap.parse_args()
     for tool in ("gcc", "socat", "haproxy"):
@@ -210,6 +255,9 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build_loadgen()
+    if args.tws_overhead:
+        tws_overhead()
+        return
     names = args.only.split(",") if args.only else list(CONTENDERS)
     backends = [subprocess.Popen([LOADGEN, mode, str(port)], stdout=subprocess.DEVNULL)
                 for mode, port in (("echo", ECHO), ("sink", SINK))]

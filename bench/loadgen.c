@@ -7,6 +7,9 @@
  *   loadgen bulk PORT MIB                   MIB MiB to the sink, half-close, wait for its count: mib_per_s
  *   loadgen connrate PORT SECS              connect, 1-byte echo, close, repeatedly: conns_per_s
  *   loadgen idle PORT N                     N connections, one echo each, print ready, hold until stdin EOF
+ *
+ * With LOADGEN_TWS=1 every connection opens with the TWS API handshake (client hello, server
+ * version reply, startApi) before its traffic, on both the client and the backend side.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -36,12 +39,59 @@ static double now(void) {
 
 static void die(const char *m) { perror(m); exit(1); }
 
+static int tws_mode;
+static void write_all(int fd, const char *p, size_t n);
+static void read_exact(int fd, char *p, size_t n);
+
+static void read_frame(int fd) {
+    uint32_t n;
+    char buf[4096];
+    read_exact(fd, (char *)&n, 4);
+    n = ntohl(n);
+    if (n > sizeof buf) { fprintf(stderr, "frame too long\n"); exit(1); }
+    read_exact(fd, buf, n);
+}
+
+static void tws_client_handshake(int fd) {
+    static const char hello[] = "API\0\0\0\0\x09v157..178";
+    static const char start[] = "\0\0\0\x08" "71\0" "2\0" "1\0" "\0";
+    write_all(fd, hello, sizeof hello - 1);
+    read_frame(fd);                               /* server version reply */
+    write_all(fd, start, sizeof start - 1);
+}
+
+static int recv_exact(int fd, char *p, size_t n) {   /* 0 on success, -1 if the peer went away */
+    while (n) {
+        ssize_t r = read(fd, p, n);
+        if (r <= 0) { if (r < 0 && errno == EINTR) continue; return -1; }
+        p += r; n -= r;
+    }
+    return 0;
+}
+
+static int recv_frame(int fd) {
+    uint32_t n;
+    char buf[4096];
+    if (recv_exact(fd, (char *)&n, 4)) return -1;
+    n = ntohl(n);
+    return n > sizeof buf ? -1 : recv_exact(fd, buf, n);
+}
+
+static int tws_server_handshake(int fd) {        /* fd is blocking here; -1: drop this connection */
+    static const char reply[] = "\0\0\0\x1a" "176\0" "20261124 09:30:00 EST\0";
+    char magic[4];
+    if (recv_exact(fd, magic, 4) || recv_frame(fd)) return -1;    /* API\0, v157..178 */
+    if (write(fd, reply, sizeof reply - 1) != sizeof reply - 1) return -1;
+    return recv_frame(fd);                                         /* startApi */
+}
+
 static int dial(int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     if (fd < 0 || connect(fd, (void *)&a, sizeof a)) die("connect");
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (tws_mode) tws_client_handshake(fd);
     return fd;
 }
 
@@ -85,8 +135,10 @@ static void serve(int port, int echo) {
             int fd = evs[i].data.fd;
             if (fd == ls) {
                 int c;
-                while ((c = accept4(ls, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                while ((c = accept4(ls, NULL, NULL, 0)) >= 0) {
                     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                    if (tws_mode && tws_server_handshake(c)) { close(c); continue; }
+                    fcntl(c, F_SETFL, O_NONBLOCK);
                     count[c] = 0;
                     struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
@@ -217,6 +269,7 @@ static void idle(int port, int n) {
 
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
+    tws_mode = getenv("LOADGEN_TWS") && !strcmp(getenv("LOADGEN_TWS"), "1");
     if (argc < 3) { fprintf(stderr, "usage: see the top of loadgen.c\n"); return 2; }
     const char *m = argv[1];
     int port = atoi(argv[2]);

@@ -162,7 +162,8 @@ class Handshake:
         return self.hello
 
     def _server_hello(self) -> Optional[ServerHello]:
-        if self.version is not None or not self.server:
+        # TWS answers only after the hello; waiting for it keeps events in protocol order
+        if self.version is not None or not self.server or self.hello is None:
             return None
         payload, _ = split_frame(bytes(self.server))
         if payload is None:

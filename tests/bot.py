@@ -1,5 +1,6 @@
 """A trader's bot: reads IBKR_HOST_IP / IBKR_PORT from a .env file and asks TWS for the time
-through ib_async. Prints 'time <epoch>' on success.   python bot.py PATH_TO_ENV CLIENT_ID"""
+through ib_async. Prints 'time <epoch>' on success.   python bot.py PATH_TO_ENV CLIENT_ID [hold]
+With 'hold' it stays connected until its standard input closes."""
 import sys
 
 from ib_async import IB
@@ -19,4 +20,6 @@ env = read_env(sys.argv[1])
 ib = IB()
 ib.connect(env["IBKR_HOST_IP"], int(env["IBKR_PORT"]), clientId=int(sys.argv[2]), timeout=10)
 print("time", int(ib.reqCurrentTime().timestamp()), flush=True)
+if sys.argv[3:] == ["hold"]:
+    sys.stdin.read()
 ib.disconnect()

@@ -26,6 +26,7 @@ class FakeTws:
         self.local_only = local_only
         self.server = None
         self.client_ids = []     # clientIds seen in startApi
+        self.connected = asyncio.Event()
         self.resets = 0
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -48,8 +49,10 @@ class FakeTws:
                 writer.close()
                 return
             n = struct.unpack(">I", await reader.readexactly(4))[0]
-            await reader.readexactly(n)       # "v157..178"
-            writer.write(msg(self.version, time.strftime("%Y%m%d %H:%M:%S") + " Greenwich Mean Time"))
+            hello = (await reader.readexactly(n)).decode()           # "v157..178[ options]"
+            client_max = int(hello.split(" ")[0].split("..")[1])
+            version = min(self.version, client_max)                  # never above the client's max
+            writer.write(msg(version, time.strftime("%Y%m%d %H:%M:%S") + " Greenwich Mean Time"))
             while True:
                 n = struct.unpack(">I", await reader.readexactly(4))[0]
                 fields = (await reader.readexactly(n)).decode().split("\0")[:-1]
@@ -64,6 +67,7 @@ class FakeTws:
         mid = int(f[0])
         if mid == 71:                              # startApi: version, clientId, capabilities
             self.client_ids.append(int(f[2]))
+            self.connected.set()
             writer.write(msg(15, 1, ACCOUNT) + msg(9, 1, 1))
             writer.write(msg(4, 2, -1, 2104, "Market data farm connection is OK:usfarm", ""))
         elif mid == 61:

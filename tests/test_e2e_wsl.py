@@ -84,6 +84,8 @@ def test_wsl_bot_reaches_localhost_only_tws_through_relay(tmp_path):
             assert abs(epoch - time.time()) < 60
             opened = relay.wait_line(f"peer={net.wsl_ip}:")           # the relay logs the real peer
             assert "route=tws-paper" in opened
+            started = relay.wait_line(" api-start ")                   # and which bot it is
+            assert f"peer={net.wsl_ip}:" in started and "client_id=7 server_version=176" in started
         finally:
             for p in procs:
                 p.kill()

@@ -3,10 +3,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import conformance
+from tws_sessions import session
 from helpers import start_relay
 
 VARIANTS = {
-    "plain": lambda target: start_relay(target),
+    "tws-aware": lambda target: start_relay(target),                  # the default
+    "plain": lambda target: start_relay(target, tws_aware=False),
 }
 
 
@@ -45,3 +47,18 @@ def test_slow_reader_bounds_memory(run, make_relay, direction):
 @pytest.mark.parametrize("how", conformance.CLOSE_HOWS)
 def test_close_or_reset_closes_other_leg(run, make_relay, how):
     run(conformance.check_close_propagates(make_relay, how))
+
+
+@given(version=st.sampled_from([176, 205, 213]), up=chunks, down=chunks,
+       cuts=st.lists(st.integers(1, 60), max_size=5))
+@settings(max_examples=25)
+def test_tws_session_bytes_exact_while_the_opening_is_read(run, make_relay, version, up, down, cuts):
+    """A real TWS opening split anywhere, then arbitrary bytes: nothing is changed or delayed away."""
+    client, server, _ = session(version, 11)
+    pieces = []
+    last = 0
+    for c in sorted(set(min(c, len(client)) for c in cuts)):
+        pieces.append(client[last:c])
+        last = c
+    pieces.append(client[last:])
+    run(conformance.check_exact(make_relay, [p for p in pieces if p] + up, [server] + down, "both"), timeout=10)

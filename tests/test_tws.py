@@ -1,0 +1,186 @@
+"""The TWS session reader (pure) and the relay's use of it (real loopback sockets)."""
+import asyncio
+import logging
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fake_tws import FakeTws
+from helpers import start_relay, wait_for
+from relay import tws
+from relay.config import Endpoint
+from tws_sessions import session, start_api
+
+
+def chunked(data: bytes, cuts):
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0] + points + [len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+
+
+@given(version=st.sampled_from([157, 176, 178, 201, 212, 213, 225]), client_id=st.integers(-5, 2**31 - 1),
+       caps=st.sampled_from(["", "+PACEAPI"]), cuts_c=st.lists(st.integers(0, 200), max_size=12),
+       cuts_s=st.lists(st.integers(0, 200), max_size=6), order=st.lists(st.booleans(), max_size=30))
+@settings(max_examples=400)
+def test_any_chunking_and_interleaving_of_a_valid_session_gives_the_same_events(
+        version, client_id, caps, cuts_c, cuts_s, order):
+    client, server, expected = session(version, client_id, caps)
+    c, s = chunked(client, cuts_c), chunked(server, cuts_s)
+    hs, events = tws.Handshake(), []
+    for take_client in order + [True] * len(c) + [False] * len(s):
+        if take_client and c:
+            events += hs.from_client(c.pop(0))
+        elif not take_client and s:
+            events += hs.from_server(s.pop(0))
+    for rest in c:
+        events += hs.from_client(rest)
+    for rest in s:
+        events += hs.from_server(rest)
+    assert events == expected
+    assert hs.done and not hs.client and not hs.server     # nothing kept once done
+
+
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=300)), max_size=20))
+@settings(max_examples=400)
+def test_arbitrary_bytes_never_raise_and_stay_bounded(feeds):
+    hs = tws.Handshake()
+    for to_client, data in feeds:
+        events = hs.from_client(data) if to_client else hs.from_server(data)
+        assert all(isinstance(e, (tws.ClientHello, tws.ServerHello, tws.StartApi, tws.NotTws)) for e in events)
+        assert len(hs.client) <= tws.LIMIT + 300 and len(hs.server) <= tws.LIMIT + 300
+
+
+@given(version=st.sampled_from([176, 205, 213]), junk=st.binary(min_size=1, max_size=50))
+@settings(max_examples=200)
+def test_valid_opening_then_anything_still_yields_start_api(version, junk):
+    client, server, expected = session(version, 9)
+    hs = tws.Handshake()
+    events = hs.from_client(client + junk) + hs.from_server(server + junk)
+    assert events == expected
+
+
+@pytest.mark.parametrize("client, reason", [
+    (b"GET / HTTP/1.1\r\n\r\n", "does not start with API"),
+    (b"API\0" + tws.frame(b"hello"), "is not v<min>..<max>"),
+    (b"API\0\xff\xff\xff\xff", "exceeds"),
+])
+def test_not_tws_is_given_up_with_a_reason(client, reason):
+    hs = tws.Handshake()
+    (event,) = hs.from_client(client)
+    assert isinstance(event, tws.NotTws) and reason in event.reason and hs.done
+
+
+def test_server_that_is_not_tws_and_first_message_not_start_api():
+    hs = tws.Handshake()
+    hs.from_client(tws.client_hello())
+    assert hs.from_server(tws.fields_message(1, 2, 3)) == [tws.NotTws("server", "expected version and time, got 3 field(s)")]
+    hs = tws.Handshake()
+    hs.from_client(tws.client_hello() + tws.fields_message(49, 1))
+    (ev,) = hs.from_server(tws.fields_message(176, "t"))[1:]
+    assert isinstance(ev, tws.NotTws) and "not startApi" in ev.reason
+
+
+def test_truncated_hello_waits_then_gives_up_past_the_limit():
+    hs = tws.Handshake()
+    assert hs.from_client(b"API\0\x00\x00\x00\x09v157") == [] and not hs.done
+    assert isinstance(hs.from_server(b"\x00\x00\xff\xff" + b"x" * tws.LIMIT)[-1], tws.NotTws)
+
+
+def test_error_326_reads_as_ib_async_reads_it():
+    payload, _ = tws.split_frame(tws.client_id_in_use(176, 7))
+    fields = tws.split_fields(payload)
+    assert fields[:4] == ["4", "2", "-1", "326"] and "7 is already in use" in fields[4] and fields[5] == ""
+    assert len(tws.split_fields(tws.split_frame(tws.client_id_in_use(196, 7))[0])) == 7   # + error time
+
+
+# -- the relay reading real sessions
+
+async def connect_bot(port, client_id, version_max=225):   # as ibapi 10.46 offers
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(tws.client_hello(157, version_max))
+    size = struct.unpack(">I", await reader.readexactly(4))[0]
+    version, _ = tws.parse_server_hello(await reader.readexactly(size))
+    writer.write(start_api(version, client_id))
+    return reader, writer
+
+
+async def read_message(reader):
+    size = struct.unpack(">I", await reader.readexactly(4))[0]
+    return tws.split_fields(await reader.readexactly(size))
+
+
+def records(caplog, name):
+    return [r for r in caplog.records if r.getMessage() == name]
+
+
+@pytest.mark.parametrize("version", [176, 205, 213])
+def test_relay_logs_client_id_and_version_and_warns_on_clash(run, caplog, version):
+    async def main():
+        fake = FakeTws(version=version)
+        port = await fake.start()
+        relay = await start_relay(Endpoint("127.0.0.1", port))
+        r1, w1 = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: records(caplog, "api-start"), what="api-start line")
+        start = records(caplog, "api-start")[0].fields
+        assert (start["client_id"], start["server_version"]) == (7, version)
+        r2, w2 = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: records(caplog, "client-id-clash"), what="clash warning")
+        clash = records(caplog, "client-id-clash")[0].fields
+        peers = [next(iter(relay.routes[0].active)).peer, list(relay.routes[0].active)[1].peer]
+        assert clash["held_by"] == peers[0] and clash["peer"] == peers[1] and clash["client_id"] == 7
+        w1.close()
+        w2.close()
+        await wait_for(lambda: len(records(caplog, "close")) == 2, what="close lines")
+        assert all(r.fields["client_id"] == 7 for r in records(caplog, "close"))
+        # once both are gone, clientId 7 is free again: no warning for the next one
+        r3, w3 = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: len(records(caplog, "api-start")) == 3, what="third api-start")
+        assert len(records(caplog, "client-id-clash")) == 1
+        w3.close()
+        await relay.shutdown(0)
+        fake.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_relay_answers_a_duplicate_with_error_326_when_asked(run, caplog):
+    async def main():
+        fake = FakeTws(version=176)
+        port = await fake.start()
+        relay = await start_relay(Endpoint("127.0.0.1", port), reject_duplicate_client_id=True)
+        rport = relay.routes[0].address.port
+        r1, w1 = await connect_bot(rport, 3)
+        assert (await read_message(r1))[0] == "15"        # the first bot is served normally
+        r2, w2 = await connect_bot(rport, 3)
+        got = []
+        while True:
+            try:
+                got.append(await asyncio.wait_for(read_message(r2), 3))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+        assert ["4", "2", "-1", "326"] == got[-1][:4]     # TWS's own error, then the connection closes
+        w1.write(tws.fields_message(49, 1))               # the first bot still works
+        assert (await read_message(r1))[0] in ("9", "4", "49")
+        w1.close()
+        w2.close()
+        await relay.shutdown(0)
+        fake.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_tws_awareness_off_logs_no_client_ids(run, caplog):
+    async def main():
+        fake = FakeTws()
+        port = await fake.start()
+        relay = await start_relay(Endpoint("127.0.0.1", port), tws_aware=False)
+        r, w = await connect_bot(relay.routes[0].address.port, 1)
+        assert (await read_message(r))[0] == "15"
+        assert relay.routes[0].active and next(iter(relay.routes[0].active)).client_id is None
+        w.close()
+        await relay.shutdown(0)
+        fake.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+    assert not records(caplog, "api-start")
