@@ -69,6 +69,12 @@ class Settings:
     tws_aware: bool = True
     # A second connection asking for a clientId held through the relay gets TWS's error 326 and is closed.
     reject_duplicate_client_id: bool = False
+    # How the relay checks each target; while a target is down its route does not listen.
+    target_check: str = "connect"     # connect | handshake | off
+    check_interval: float = 2.0       # seconds between checks (and adapter polls) while all is well
+    check_interval_down: float = 0.5  # seconds between checks while the target is down
+    # The local status answer for `relay status`, on 127.0.0.1 only (None: off).
+    status_port: Optional[int] = 17401
     log_level: str = "info"
     log_format: str = "text"
     loop: str = "auto"
@@ -77,10 +83,11 @@ class Settings:
 @dataclass(frozen=True)
 class Route:
     name: str
-    listen: Endpoint
+    listen: Endpoint                  # with `interface` set, host is "" until the adapter has an address
     target: Endpoint
     allow: Optional[Tuple[IPNetwork, ...]] = None   # None: loopback + the listen interface's subnet
     max_connections: int = 32
+    interface: Optional[str] = None   # listen on this adapter's address; "wsl": the WSL NAT adapter
 
 
 @dataclass(frozen=True)
@@ -93,13 +100,17 @@ class Config:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 LOOPS = ("auto", "asyncio", "uvloop", "winloop")
+TARGET_CHECKS = ("connect", "handshake", "off")
+WSL_ADAPTER = "wsl"
 
 _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
              "drain_timeout", "expose_to_all_networks", "discovery_port", "tws_aware",
-             "reject_duplicate_client_id", "log", "loop")
+             "reject_duplicate_client_id", "target_check", "check_interval", "check_interval_down",
+             "status_port", "log", "loop")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
 _LOG_KEYS = ("level", "format")
+_LISTEN_KEYS = ("interface", "port")
 
 
 # ---------------------------------------------------------------- small value parsers
@@ -204,10 +215,27 @@ def parse_route(raw: Any, path: str) -> Route:
         allow = tuple(parse_network(v, _join(_join(path, "allow"), i)) for i, v in enumerate(raw_allow))
     max_conn = int(_number(m.get("max_connections", 32), _join(path, "max_connections"),
                            low=1, high=10000, integer=True))
-    return Route(name=name,
-                 listen=parse_endpoint(m["listen"], _join(path, "listen"), listen=True),
+    listen, interface = parse_listen(m["listen"], _join(path, "listen"))
+    return Route(name=name, listen=listen,
                  target=parse_endpoint(m["target"], _join(path, "target"), listen=False),
-                 allow=allow, max_connections=max_conn)
+                 allow=allow, max_connections=max_conn, interface=interface)
+
+
+def parse_listen(value: Any, path: str) -> Tuple[Endpoint, Optional[str]]:
+    """HOST:PORT, `wsl:PORT` (the WSL adapter), or {interface: NAME, port: PORT}."""
+    if isinstance(value, dict):
+        m = _mapping(value, path, _LISTEN_KEYS)
+        name = m.get("interface")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("expected the adapter's name, e.g. 'vEthernet (WSL)'", _join(path, "interface"))
+        port = int(_number(m.get("port"), _join(path, "port"), low=0, high=65535, integer=True))
+        return Endpoint("", port), name.strip()
+    if isinstance(value, str) and value.strip().lower().startswith(WSL_ADAPTER + ":"):
+        port_text = value.strip()[len(WSL_ADAPTER) + 1:]
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(f"{value!r}: the port after 'wsl:' must be 0-65535", path)
+        return Endpoint("", int(port_text)), WSL_ADAPTER
+    return parse_endpoint(value, path, listen=True), None
 
 
 def parse_settings(doc: dict) -> Settings:
@@ -227,10 +255,18 @@ def parse_settings(doc: dict) -> Settings:
             if not isinstance(doc[key], bool):
                 raise ConfigError(f"expected true or false, got {_kind(doc[key])}", key)
             kw[key] = doc[key]
-    if "discovery_port" in doc:
-        v = doc["discovery_port"]
-        kw["discovery_port"] = None if v is False else int(_number(v, "discovery_port", low=0, high=65535,
-                                                                  integer=True))
+    for key in ("discovery_port", "status_port"):
+        if key in doc:
+            v = doc[key]
+            kw[key] = None if v is False else int(_number(v, key, low=0, high=65535, integer=True))
+    if "target_check" in doc:
+        v = doc["target_check"]
+        if isinstance(v, bool):   # YAML 1.1 reads a bare `off` / `no` as false
+            v = "connect" if v else "off"
+        kw["target_check"] = _choice(v, "target_check", TARGET_CHECKS)
+    for key, low in (("check_interval", 0.1), ("check_interval_down", 0.05)):
+        if key in doc:
+            kw[key] = float(_number(doc[key], key, low=low, high=3600))
     if "log" in doc:
         log = _mapping(doc["log"], "log", _LOG_KEYS)
         if "level" in log:
@@ -272,10 +308,15 @@ def check_routes(routes: Iterable[Route], path: str = "routes") -> None:
         names[r.name] = i
         if r.listen.port == 0:
             continue
-        for host, port, j in bound:
-            if port == r.listen.port and _overlap(host, r.listen.host):
-                raise ConfigError(f"{r.listen} clashes with routes[{j}].listen", _join(here, "listen"))
-        bound.append((r.listen.host, r.listen.port, i))
+        host = r.interface or r.listen.host     # routes on the same adapter clash like same-address ones
+        for other, port, j in bound:
+            if port == r.listen.port and (other == host or (r.interface is None and _overlap(other, host))):
+                raise ConfigError(f"{_where(r)} clashes with routes[{j}].listen", _join(here, "listen"))
+        bound.append((host, r.listen.port, i))
+
+
+def _where(r: Route) -> str:
+    return f"{r.interface}:{r.listen.port}" if r.interface else str(r.listen)
 
 
 def check_discovery_port(routes: Iterable[Route], port: Optional[int]) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from . import __version__
 
@@ -103,10 +103,10 @@ async def target_up(host: str, port: int, timeout: float = 0.5) -> bool:
     return True
 
 
-class DiscoveryProtocol(asyncio.Protocol):
-    """Serves one answer per connection: allowlist check, then the routes with their targets' state."""
+class AnswerProtocol(asyncio.Protocol):
+    """Serves one answer per connection: allowlist check, the answer, close."""
 
-    def __init__(self, server: "DiscoveryServer"):
+    def __init__(self, server: "AnswerServer"):
         self.server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,7 +120,7 @@ class DiscoveryProtocol(asyncio.Protocol):
         try:
             data = await self.server.answer()
         except Exception:   # an answer must never take the relay down
-            log.exception("discovery answer failed")
+            log.exception("answer failed")
             transport.abort()
             return
         if not transport.is_closing():
@@ -131,25 +131,53 @@ class DiscoveryProtocol(asyncio.Protocol):
         pass   # the client has nothing to say
 
 
-class DiscoveryServer:
-    """The discovery listener for one listen host: the routes on that host and who may ask."""
+class AnswerServer:
+    """A listener that answers every connection with one document: the discovery answer on each
+    listen address, the status answer on 127.0.0.1. It can move when its address changes."""
 
-    def __init__(self, host: str, port: int, routes: List, allowed) -> None:
-        self.host, self.port = host, port
-        self.routes = routes          # RouteServer objects on this host
-        self.admits = allowed         # callable(ip) -> bool
+    def __init__(self, name: str, port: int, answer, admits) -> None:
+        self.name = name
+        self.port = port              # 0: any free port; the real one once bound
+        self.answer = answer          # async () -> bytes
+        self.admits = admits          # (peer ip) -> bool
+        self.host: Optional[str] = None
         self.server = None
 
-    async def start(self) -> None:
+    async def bind(self, host: str) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: DiscoveryProtocol(self), self.host, self.port)
+        self.server = await loop.create_server(lambda: AnswerProtocol(self), host, self.port)
+        self.host = host
         self.port = self.server.sockets[0].getsockname()[1]
 
-    async def answer(self) -> bytes:
-        ups = await asyncio.gather(*(target_up(r.route.target.host, r.route.target.port) for r in self.routes))
-        return build_answer([(r.route.name, r.address.port, str(r.route.target), up)
-                             for r, up in zip(self.routes, ups)])
+    async def follow(self, host: Optional[str]) -> None:
+        """Listen on `host` (None: nowhere), moving if it changed; a failed bind is logged, retried later."""
+        if host == self.host and self.server is not None:
+            return
+        self.close()
+        if host is None:
+            return
+        try:
+            await self.bind(host)
+        except OSError as e:
+            log.warning(f"{self.name} cannot listen on {host}:{self.port}: {e.strerror or e}")
+            return
+        log.info(f"{self.name} listening on {host}:{self.port}")
 
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+            self.server = None
+        self.host = None
+
+
+async def routes_answer(routes) -> bytes:
+    """The discovery answer for RouteServers: their state as last checked, or a fresh look."""
+    ups = await asyncio.gather(*(_up(r) for r in routes))
+    return build_answer([(r.route.name, r.address.port, str(r.route.target), up)
+                         for r, up in zip(routes, ups)])
+
+
+async def _up(route) -> bool:
+    if route.target_up is not None:
+        return route.target_up
+    return await target_up(route.route.target.host, route.route.target.port)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from .config import IPNetwork, WILDCARD_HOSTS
@@ -84,3 +85,45 @@ def bind_hint(err: OSError, host: str, port: int) -> str:
                 f"the port may sit in a Hyper-V excluded range "
                 f"('netsh int ipv4 show excludedportrange protocol=tcp') or be held exclusively by TWS")
     return f"cannot listen on {host}:{port}: {err.strerror or err}"
+
+
+# -------------------------------------------------------------------------- following an adapter
+# The WSL NAT adapter's names on Windows; after an upgrade both can exist. "vEthernet (Default
+# Switch)" is Hyper-V's, not WSL's, and is never picked.
+WSL_ADAPTER_NAMES = ("vEthernet (WSL (Hyper-V firewall))", "vEthernet (WSL)")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    address: str
+    network: Optional[IPNetwork]
+
+
+def find_adapter(wanted: str, if_addrs: Dict[str, list], if_stats: Dict[str, object]) -> Optional[Adapter]:
+    """The adapter to listen on: `wanted` by exact name (case-insensitive), or for "wsl" either WSL
+    adapter name; among matches, one that is up and has an IPv4 address wins."""
+    names = WSL_ADAPTER_NAMES if wanted.lower() == "wsl" else (wanted,)
+    found = []
+    for rank, want in enumerate(names):
+        for name, addrs in if_addrs.items():
+            if name.lower() != want.lower():
+                continue
+            ipv4 = [a for a in addrs if a.family == socket.AF_INET and a.address]
+            if not ipv4:
+                continue
+            up = getattr(if_stats.get(name), "isup", True)
+            found.append((not up, rank, name, ipv4[0]))
+    if not found:
+        return None
+    _, _, name, addr = min(found, key=lambda f: f[:3])
+    return Adapter(name, addr.address, _subnet(addr))
+
+
+def adapter_default_allow(adapter: Adapter) -> List[IPNetwork]:
+    return list(LOOPBACK) + ([adapter.network] if adapter.network is not None else [])
+
+
+def interface_stats() -> Dict[str, object]:
+    import psutil
+    return psutil.net_if_stats()

@@ -67,7 +67,8 @@ async def echo(reader, writer) -> None:
 
 
 def settings(**kw) -> Settings:
-    base = dict(connect_timeout=2.0, shutdown_grace=1.0, drain_timeout=2.0, discovery_port=None)
+    base = dict(connect_timeout=2.0, shutdown_grace=1.0, drain_timeout=2.0, discovery_port=None, status_port=None,
+                target_check="off")
     base.update(kw)
     return Settings(**base)
 

@@ -76,6 +76,23 @@ def test_each_problem_names_file_key_and_what_is_wrong(text, path, words):
     assert "\n" not in str(e)
 
 
+def test_target_check_off_survives_yaml_booleans():
+    assert cfg.parse(MINIMAL + "target_check: off\n").settings.target_check == "off"
+    assert cfg.parse(MINIMAL + "target_check: handshake\n").settings.target_check == "handshake"
+    assert cfg.parse(MINIMAL + "target_check: true\n").settings.target_check == "connect"
+
+
+def test_listen_forms_for_adapters():
+    c = cfg.parse("routes:\n - {name: a, listen: 'WSL:17497', target: '127.0.0.1:7497'}\n"
+                  " - {name: b, listen: {interface: 'vEthernet (WSL)', port: 17496}, target: '127.0.0.1:7496'}\n")
+    assert [(r.interface, r.listen.port) for r in c.routes] == [("wsl", 17497), ("vEthernet (WSL)", 17496)]
+    with pytest.raises(cfg.ConfigError, match="routes\\[1\\].listen: wsl:17497 clashes"):
+        cfg.parse("routes:\n - {name: a, listen: 'wsl:17497', target: 'x:1'}\n"
+                  " - {name: b, listen: 'wsl:17497', target: 'x:2'}\n")
+    with pytest.raises(cfg.ConfigError, match="listen.interface"):
+        cfg.parse("routes:\n - {name: a, listen: {port: 1}, target: 'x:1'}\n")
+
+
 def test_discovery_port_default_off_and_custom():
     assert cfg.parse(MINIMAL).settings.discovery_port == 17400
     assert cfg.parse(MINIMAL + "discovery_port: false\n").settings.discovery_port is None

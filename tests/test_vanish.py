@@ -29,6 +29,7 @@ def test_vanished_client_frees_both_legs(tmp_path, mode, expect, bound):
     allow: [{net.subnet}]
 keepalive: {{idle: 1, interval: 1, count: 2}}
 user_timeout: 3
+target_check: off     # the one-shot peer serves a single connection
 """)
         procs = []
         try:

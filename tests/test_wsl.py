@@ -147,17 +147,17 @@ def test_relay_serves_discovery_with_target_state_and_allowlist(run):
         async with Backend(echo) as backend:
             target = backend.endpoint
             relay = await start_relay(target, discovery_port=0, name="tws-paper")
-            dport = relay.discovery[0].port
+            dport = relay.discovery[0][0].port
             ans = await discovery.fetch("127.0.0.1", dport, 2)
             assert ans.routes == (discovery.RouteInfo("tws-paper", relay.routes[0].address.port,
                                                       str(backend.endpoint), True),)
             await relay.shutdown(0)
         relay = await start_relay(target, discovery_port=0)   # the backend is gone now
-        assert (await discovery.fetch("127.0.0.1", relay.discovery[0].port, 2)).routes[0].target_up is False
+        assert (await discovery.fetch("127.0.0.1", relay.discovery[0][0].port, 2)).routes[0].target_up is False
         await relay.shutdown(0)
         outsider = await start_relay(target, discovery_port=0, allow=(ipaddress.ip_network("10.0.0.0/8"),))
         with pytest.raises((discovery.DiscoveryError, ConnectionError)):
-            await discovery.fetch("127.0.0.1", outsider.discovery[0].port, 2)
+            await discovery.fetch("127.0.0.1", outsider.discovery[0][0].port, 2)
         await outsider.shutdown(0)
     run(main())
 
@@ -202,7 +202,7 @@ def test_discover_through_relay_on_loopback(run):
         port = await tws.start()
         relay = await start_relay(Endpoint("127.0.0.1", port), discovery_port=0, name="tws-paper")
         facts = wsl.Facts()   # not WSL, no route table: the host comes from --host
-        report = await wsl.discover(facts, host="127.0.0.1", discovery_port=relay.discovery[0].port, timeout=2)
+        report = await wsl.discover(facts, host="127.0.0.1", discovery_port=relay.discovery[0][0].port, timeout=2)
         assert report.best is not None and report.best.port == relay.routes[0].address.port
         assert report.route == "tws-paper"
         assert [v.status for v in report.verdicts] == ["ok", "ok"]
