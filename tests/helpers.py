@@ -165,6 +165,20 @@ class Proc:
             if needle in line:
                 return line
 
+    def wait_count(self, needle: str, n: int, timeout: float = 10) -> None:
+        """Wait until `needle` has appeared in `n` lines."""
+        end = time.monotonic() + timeout
+        while sum(needle in line for line in self.lines) < n:
+            try:
+                line = self.q.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"{needle!r} seen fewer than {n} times within {timeout}s:\n"
+                                     + "\n".join(self.lines)) from None
+            if line is None:
+                self.q.put(None)
+                raise AssertionError(f"process exited before {n} lines with {needle!r}")
+            self.lines.append(line)
+
     def finish(self, timeout: float = 10) -> int:
         rc = self.proc.wait(timeout)
         while True:

@@ -3,6 +3,8 @@
   python peers.py server PORT idle|stream   listen on 127.0.0.1:PORT; print 'accepted', then
                                              'closed' when the connection ends
   python peers.py client HOST PORT           connect, print 'connected', read until killed
+  python peers.py try HOST PORT              one connect: print 'ok', 'refused' or 'error ...'
+  python peers.py hold HOST PORT             connect, print 'connected', then 'eof' / 'cut ...' when closed
 """
 import select
 import socket
@@ -44,8 +46,32 @@ def client(host: str, port: int) -> None:
     say("eof")
 
 
+def try_connect(host: str, port: int) -> None:
+    """One connection attempt: print ok, refused, or the error."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        say("ok")
+    except ConnectionRefusedError:
+        say("refused")
+    except OSError as e:
+        say(f"error {e}")
+
+
+def hold(host: str, port: int) -> None:
+    """Connect, say so, then wait until the connection is closed from the other side."""
+    c = socket.create_connection((host, port), timeout=5)
+    c.settimeout(None)
+    say("connected")
+    try:
+        while c.recv(65536):
+            pass
+        say("eof")
+    except OSError as e:
+        say(f"cut {e}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "server":
-        server(int(sys.argv[2]), sys.argv[3])
-    else:
-        client(sys.argv[2], int(sys.argv[3]))
+    {"server": lambda: server(int(sys.argv[2]), sys.argv[3]),
+     "client": lambda: client(sys.argv[2], int(sys.argv[3])),
+     "try": lambda: try_connect(sys.argv[2], int(sys.argv[3])),
+     "hold": lambda: hold(sys.argv[2], int(sys.argv[3]))}[sys.argv[1]]()

@@ -1,0 +1,201 @@
+"""The Windows side: picking the WSL adapter (recorded Windows-shaped data), following a real
+interface that appears, changes and disappears (in a namespace), and not listening while the
+target is down (a real target that goes down and comes back)."""
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from collections import namedtuple
+
+import pytest
+
+from helpers import Proc, echo, start_relay, wait_for
+from netns import HostAndGuest, _ip, skip_without_namespaces
+from relay import hostnet
+from relay.config import Endpoint
+
+HERE = os.path.dirname(__file__)
+Addr = namedtuple("snicaddr", "family address netmask broadcast ptp")
+Stats = namedtuple("snicstats", "isup duplex speed mtu flags")
+UP, DOWN = Stats(True, 0, 0, 1500, ""), Stats(False, 0, 0, 1500, "")
+
+
+def v4(address, mask="255.255.240.0"):
+    return Addr(socket.AF_INET, address, mask, None, None)
+
+
+LAN = {"Ethernet": [v4("192.168.1.20", "255.255.255.0")]}
+DEFAULT_SWITCH = {"vEthernet (Default Switch)": [v4("172.29.64.1")]}
+
+
+@pytest.mark.parametrize("if_addrs, stats, expect", [
+    ({**LAN}, {}, None),                                                                   # WSL not started yet
+    ({**LAN, **DEFAULT_SWITCH}, {}, None),                                                 # never Hyper-V's switch
+    ({**LAN, "vEthernet (WSL)": [v4("172.24.32.1")]}, {"vEthernet (WSL)": UP}, ("vEthernet (WSL)", "172.24.32.1")),
+    ({"vEthernet (WSL (Hyper-V firewall))": [v4("172.31.250.1")]}, {}, ("vEthernet (WSL (Hyper-V firewall))",
+                                                                        "172.31.250.1")),   # renamed (WSL 2.x)
+    ({"vEthernet (WSL)": [v4("172.24.32.1")], "vEthernet (WSL (Hyper-V firewall))": [v4("172.31.250.1")]},
+     {"vEthernet (WSL)": UP, "vEthernet (WSL (Hyper-V firewall))": DOWN}, ("vEthernet (WSL)", "172.24.32.1")),
+    ({"vEthernet (WSL)": [], "vEthernet (WSL (Hyper-V firewall))": [v4("172.31.250.1")]},
+     {}, ("vEthernet (WSL (Hyper-V firewall))", "172.31.250.1")),                          # one has no address
+    ({"vethernet (wsl)": [v4("172.20.16.1")]}, {}, ("vethernet (wsl)", "172.20.16.1")),    # case differs
+])
+def test_wsl_adapter_is_picked_from_windows_shaped_data(if_addrs, stats, expect):
+    found = hostnet.find_adapter("wsl", if_addrs, stats)
+    assert (found.name, found.address) == expect if expect else found is None
+
+
+def test_adapter_subnet_becomes_the_default_allowlist_and_named_adapters_match_exactly():
+    a = hostnet.find_adapter("wsl", {"vEthernet (WSL)": [v4("172.24.32.1")]}, {})
+    assert [str(n) for n in hostnet.adapter_default_allow(a)] == ["127.0.0.0/8", "::1/128", "172.24.32.0/20"]
+    assert hostnet.find_adapter("Ethernet", {**LAN, "Ethernet 2": [v4("10.0.0.2")]}, {}).address == "192.168.1.20"
+    assert hostnet.find_adapter("Ethernet 3", LAN, {}) is None
+
+
+# -- fail fast while the target is down (real target on loopback)
+
+async def attempt(port):
+    """(outcome, seconds): 'ok' if a connection was accepted and works, else 'refused'/'closed'."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return "refused", loop.time() - t0
+    try:
+        writer.write(b"ping")
+        got = await asyncio.wait_for(reader.readexactly(4), 2)
+        return ("ok" if got == b"ping" else "closed"), loop.time() - t0
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+        return "closed", loop.time() - t0
+    finally:
+        writer.close()
+
+
+def test_downed_target_means_refused_at_once_and_back_within_a_second(run, caplog):
+    async def main():
+        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+        tport = backend.sockets[0].getsockname()[1]
+        relay = await start_relay(Endpoint("127.0.0.1", tport), target_check="connect")   # default intervals
+        route = relay.routes[0]
+        rport = route.address.port
+        assert (await attempt(rport))[0] == "ok"
+        backend.close()                                       # TWS goes down (its daily restart)
+        await backend.wait_closed()
+        await wait_for(lambda: route.state == "target-down", timeout=5, what="route to notice")
+        outcome, took = await attempt(rport)
+        assert outcome == "refused" and took < 0.1, (outcome, took)
+        backend = await asyncio.start_server(echo, "127.0.0.1", tport, reuse_address=True)   # TWS is back
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while (await attempt(rport))[0] != "ok":
+            assert loop.time() - t0 < 3, "route did not come back"
+            await asyncio.sleep(0.05)
+        back = loop.time() - t0
+        assert back < 1.5, f"first client got through after {back:.2f}s"
+        downs = [r for r in caplog.records if r.getMessage() == "target-down"]
+        ups = [r for r in caplog.records if r.getMessage() == "listening"]
+        assert len(downs) == 1 and len(ups) == 2            # one line per transition
+        await relay.shutdown(0)
+        backend.close()
+        return back
+    with caplog.at_level(logging.INFO, logger="relay"):
+        back = run(main(), timeout=30)
+    print(f"route back {back:.2f}s after the target")
+
+
+def test_refused_upstream_wakes_the_check_at_once(run):
+    async def main():
+        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+        tport = backend.sockets[0].getsockname()[1]
+        relay = await start_relay(Endpoint("127.0.0.1", tport), target_check="connect", check_interval=60)
+        route = relay.routes[0]
+        backend.close()
+        await backend.wait_closed()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert (await attempt(route.address.port))[0] == "closed"   # this one was accepted: TWS just died
+        await wait_for(lambda: route.state == "target-down", timeout=5, what="target-down")
+        assert loop.time() - t0 < 1.5                                  # not the 60 s interval
+        await relay.shutdown(0)
+    run(main())
+
+
+def test_target_down_at_start_still_validates_the_address_then_waits(run):
+    async def main():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        tport = s.getsockname()[1]
+        s.close()
+        relay = await start_relay(Endpoint("127.0.0.1", tport), target_check="connect")
+        assert relay.routes[0].state == "target-down" and relay.routes[0].server is None
+        await relay.shutdown(0)
+    run(main())
+
+
+# -- following a real interface (inside a namespace: the relay, the target and the clients)
+
+def test_relay_follows_an_interface_that_appears_changes_and_disappears(tmp_path):
+    skip_without_namespaces()
+    with HostAndGuest() as net:
+        ns, dev = net.win, "rad" + net.win[-6:]
+        base = net.win_ip.rsplit(".", 2)[0].replace("10.231", "10.232")
+        first, second = f"{base}.{net.win_ip.split('.')[2]}.1", f"{base}.{net.win_ip.split('.')[2]}.5"
+        conf = tmp_path / "relay.yaml"
+        conf.write_text(f"""routes:
+  - name: paper
+    listen: {{interface: {dev}, port: 17497}}
+    target: 127.0.0.1:7497
+check_interval: 0.5
+discovery_port: false
+status_port: false
+""")
+        procs = []
+
+        def start(*argv):
+            p = Proc(["ip", "netns", "exec", ns, *argv])
+            procs.append(p)
+            return p
+
+        def try_at(host):
+            return net.run(ns, [sys.executable, os.path.join(HERE, "peers.py"), "try", host, "17497"],
+                           capture_output=True, text=True, timeout=20).stdout.strip()
+        try:
+            start(sys.executable, os.path.join(HERE, "fake_tws.py"), "7497", "--host", "127.0.0.1").wait_line("listening")
+            relay = start(sys.executable, "-m", "relay", "serve", "--config", str(conf))
+            relay.wait_line("waiting-for-adapter")                       # said once, at start
+            # WSL starts: its adapter appears (a veth pair: this kernel has no dummy devices)
+            _ip("-n", ns, "link", "add", dev, "type", "veth", "peer", "name", dev + "p")
+            _ip("-n", ns, "addr", "add", f"{first}/24", "dev", dev)
+            _ip("-n", ns, "link", "set", dev + "p", "up")
+            _ip("-n", ns, "link", "set", dev, "up")
+            t0 = time.monotonic()
+            assert f"listen={first}:17497" in relay.wait_line(" listening ", timeout=5)
+            assert time.monotonic() - t0 < 3
+            assert f"{base}.{net.win_ip.split('.')[2]}.0/24" in relay.wait_line(" listening ")   # allowlist follows
+            assert try_at(first) == "ok"
+            holder = start(sys.executable, os.path.join(HERE, "peers.py"), "hold", first, "17497")
+            holder.wait_line("connected")
+            relay.wait_line(" open ")
+
+            _ip("-n", ns, "addr", "del", f"{first}/24", "dev", dev)     # the address changes
+            _ip("-n", ns, "addr", "add", f"{second}/24", "dev", dev)
+            changed = relay.wait_line("address-changed", timeout=5)
+            assert f"old={first}" in changed and f"new={second}" in changed and "connections_cut=1" in changed
+            # the relay closed both legs of the old connection (TWS side freed); the holder itself cannot
+            # hear of it: its own address vanished with the old one, as a WSL guest's would
+            cut = relay.wait_line('closed_by="relay (address changed)"', timeout=5)
+            assert f"peer={first}:" in cut
+            relay.wait_line(f"listen={second}:17497", timeout=5)
+            assert try_at(second) == "ok"
+
+            _ip("-n", ns, "link", "del", dev)                           # wsl --shutdown
+            relay.wait_line("adapter-gone", timeout=5)
+            relay.wait_count("waiting-for-adapter", 2, timeout=5)       # said once per wait, not per poll
+            assert try_at(second) != "ok"
+            assert sum("waiting-for-adapter" in line for line in relay.lines) == 2
+        finally:
+            for p in procs:
+                p.kill()
