@@ -190,8 +190,9 @@ def check(config_path) -> None:
     config, source_note = _load(config_path)
     click.echo(f"{source_note}: ok")
     for r in config.routes:
-        allow = ", ".join(map(str, r.allow)) if r.allow else "loopback + listen subnet"
-        click.echo(f"  {r.name}: {r.listen} -> {r.target}  allow: {allow}  max {r.max_connections}")
+        allow = ", ".join(map(str, r.allow)) if r.allow else (
+            "loopback + the adapter's subnet" if r.interface else "loopback + listen subnet")
+        click.echo(f"  {r.name}: {cfg.where(r)} -> {r.target}  allow: {allow}  max {r.max_connections}")
 
 
 def _load(config_path: Optional[str]) -> Tuple[cfg.Config, str]:
@@ -321,3 +322,56 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
     envfile.write_atomic(path, new.encode("utf-8"), backup=backup)
     kept = f" (previous version kept as {backup})" if backup else " (created)"
     click.echo(f"{path}: {hk}={new_host} {pk}={new_port}{kept}")
+
+
+# ------------------------------------------------------------------------------ status, doctor
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=17401, show_default=True,
+              help="The relay's status port (status_port in relay.yaml).")
+@click.option("--json", "as_json", is_flag=True, help="Print the relay's answer as JSON.")
+def status(port, as_json) -> None:
+    """Show the running relay's routes, their state, and open connections with their real peers."""
+    import json
+    from . import doctor
+    doc = asyncio.run(doctor._status(port))
+    if doc is None or doc.get("kind") != "status":
+        click.echo(f"relay: no relay answers on 127.0.0.1:{port} (is it running? is status_port {port}?)",
+                   err=True)
+        sys.exit(EXIT_FAIL)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"tws-relay {doc.get('version')}, pid {doc.get('pid')}, up {doc.get('up_seconds')} s")
+    for r in doc.get("routes", []):
+        target = {True: "up", False: "down", None: "not checked"}[r.get("target_up")]
+        click.echo(f"route {r['name']}: {r['state']}  {r['listen']} -> {r['target']} (target {target})  "
+                   f"{len(r['connections'])} connection(s)")
+        for c in r["connections"]:
+            who = f"client_id {c['client_id']} v{c['server_version']}" if c.get("client_id") is not None else "-"
+            click.echo(f"    {c['peer']:<22} {who:<22} up {c['bytes_up']} B  down {c['bytes_down']} B  "
+                       f"age {c['age']} s")
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", help="relay.yaml to check (host side).")
+@click.option("--side", type=click.Choice(["auto", "host", "wsl"]), default="auto", show_default=True,
+              help="host: the Windows (relay) side; wsl: the bot's side. auto: host on Windows, else wsl.")
+@click.option("--host", help="WSL side: the Windows host to check (skips discovery).")
+@click.option("--route", help="WSL side: the route to check when the relay has several.")
+@click.option("--discovery-port", type=click.IntRange(1, 65535), default=17400, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+def doctor(config_path, side, host, route, discovery_port, as_json) -> None:
+    """Check everything between a WSL bot and TWS; print a verdict per check with the fix.
+    Exit 0 only when no check fails."""
+    import json
+    from . import doctor as doc
+    if side == "auto":
+        side = "host" if sys.platform == "win32" else "wsl"
+    if side == "host":
+        path, _ = find_config(config_path)
+        checks = asyncio.run(doc.host_checks(path))
+    else:
+        checks = asyncio.run(doc.wsl_checks(host, route, discovery_port))
+    click.echo(json.dumps(doc.as_json(checks), indent=2) if as_json else doc.render(checks))
+    sys.exit(EXIT_OK if doc.ok(checks) else EXIT_FAIL)

@@ -315,6 +315,11 @@ def check_routes(routes: Iterable[Route], path: str = "routes") -> None:
         bound.append((host, r.listen.port, i))
 
 
+def where(r: Route) -> str:
+    """A route's listen place as written: 172.24.32.1:17497, wsl:17497, or NAME:17497."""
+    return _where(r)
+
+
 def _where(r: Route) -> str:
     return f"{r.interface}:{r.listen.port}" if r.interface else str(r.listen)
 

@@ -23,7 +23,7 @@ def test_shipped_relay_yaml_is_valid_and_never_reuses_a_tws_port():
     assert {r.target.port for r in config.routes} == {7497, 7496, 4001, 4002}
     tws_ports = {7496, 7497, 4001, 4002}
     assert not {r.listen.port for r in config.routes} & tws_ports
-    assert all(r.listen.host == "127.0.0.1" for r in config.routes)
+    assert all(r.interface == "wsl" for r in config.routes)     # follows the WSL adapter
     assert config.settings == cfg.Settings()   # the file documents the defaults truthfully
 
 

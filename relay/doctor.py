@@ -1,0 +1,214 @@
+"""`relay doctor`: every check between a WSL bot and TWS, each with a verdict and the fix.
+
+Host side (Windows, or `--side host`): config, each target (listening, who owns the port, API
+handshake), the WSL adapter, the relay's ports (bindable, Hyper-V excluded ranges), the firewall
+rule to add. WSL side: discovery and the handshake through the relay. Parsers of Windows command
+output are pure and tested with recorded output.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
+
+from . import config as cfg, hostnet, wsl
+from .discovery import DEFAULT_PORT as DISCOVERY_PORT
+
+PASS, WARN, FAIL, INFO = "pass", "warn", "fail", "info"
+
+
+@dataclass
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+def parse_excluded_ranges(netsh_output: str) -> List[Tuple[int, int]]:
+    """Ranges from `netsh int ipv4 show excludedportrange protocol=tcp`."""
+    ranges = []
+    for line in netsh_output.splitlines():
+        m = re.match(r"^\s*(\d{1,5})\s+(\d{1,5})\s*\*?\s*$", line)
+        if m:
+            ranges.append((int(m.group(1)), int(m.group(2))))
+    return ranges
+
+
+def excluded(port: int, ranges: List[Tuple[int, int]]) -> Optional[Tuple[int, int]]:
+    return next((r for r in ranges if r[0] <= port <= r[1]), None)
+
+
+def classify_owner(process_name: str) -> Tuple[str, bool]:
+    """(what owns the target port, whether that is plausibly TWS / IB Gateway)."""
+    n = process_name.lower()
+    if n.startswith("tws"):
+        return "TWS", True
+    if "ibgateway" in n:
+        return "IB Gateway", True
+    if n in ("java", "java.exe", "javaw", "javaw.exe"):
+        return f"Java ({process_name}: TWS or IB Gateway started from Java)", True
+    return f"{process_name}, not TWS or IB Gateway", False
+
+
+def firewall_rule(ports: List[int]) -> str:
+    return wsl.FIREWALL_RULE.format(ports=",".join(str(p) for p in sorted(set(ports))))
+
+
+# ------------------------------------------------------------------------------ checks
+
+def _port_owner(port: int) -> Optional[str]:
+    try:
+        import psutil
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return psutil.Process(c.pid).name()
+    except Exception:   # access denied, process gone: the owner is a bonus, not a verdict
+        return None
+    return None
+
+
+def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
+    exe = shutil.which("netsh")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "int", "ipv4", "show", "excludedportrange", "protocol=tcp"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_excluded_ranges(out)
+
+
+async def _status(port: int) -> Optional[dict]:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
+        data = await asyncio.wait_for(reader.read(1 << 20), 2)
+        writer.close()
+        return json.loads(data)
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
+
+
+async def host_checks(config_path: Optional[str], platform: str = sys.platform) -> List[Check]:
+    checks: List[Check] = []
+    try:
+        config = cfg.load(config_path) if config_path else None
+    except cfg.ConfigError as e:
+        return [Check("config", FAIL, str(e), "fix the key named above, then `relay check`")]
+    if config is None:
+        return [Check("config", FAIL, "no relay.yaml found", "pass --config FILE")]
+    checks.append(Check("config", PASS, f"{config_path}: {len(config.routes)} route(s)"))
+    s = config.settings
+
+    running = await _status(s.status_port) if s.status_port else None
+    if running:
+        states = ", ".join(f"{r['name']} {r['state']}" for r in running.get("routes", []))
+        checks.append(Check("relay running", PASS, f"pid {running.get('pid')}: {states}"))
+    else:
+        checks.append(Check("relay running", INFO, "no running relay answers its status port",
+                            "start it with `relay` (or the logon task)"))
+
+    if_addrs, if_stats = hostnet.interfaces(), hostnet.interface_stats()
+    wanted = sorted({r.interface for r in config.routes if r.interface})
+    if platform == "win32" or wanted:
+        for name in wanted or ["wsl"]:
+            a = hostnet.find_adapter(name, if_addrs, if_stats)
+            label = "WSL adapter" if name == "wsl" else f"adapter {name!r}"
+            if a is None:
+                checks.append(Check(label, FAIL, "not found, or it has no IPv4 address",
+                                    "start WSL (e.g. `wsl.exe -e true`): its adapter exists only once WSL runs"))
+            else:
+                checks.append(Check(label, PASS, f"{a.name}: {a.address} ({a.network})"))
+
+    ranges = _netsh_ranges() if platform == "win32" else None
+    relay_ports = [r.listen.port for r in config.routes] + ([s.discovery_port] if s.discovery_port else [])
+    for r in config.routes:
+        t = r.target
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), 2)
+            w.close()
+            owner = _port_owner(t.port)
+            if owner is None:
+                checks.append(Check(f"{r.name}: target {t}", PASS, "listening (owner unknown)"))
+            else:
+                what, ok = classify_owner(owner)
+                checks.append(Check(f"{r.name}: target {t}", PASS if ok else WARN, f"listening: {what}",
+                                    "" if ok else f"is {t.port} really TWS's API port?"))
+        except (OSError, asyncio.TimeoutError):
+            checks.append(Check(f"{r.name}: target {t}", FAIL, "nothing listens there",
+                                "start TWS / IB Gateway and enable the API (Configure > API > Settings: "
+                                "'Enable ActiveX and Socket Clients', socket port)"))
+            continue
+        v = await wsl.probe(t.host, t.port, 3, "TWS API", via_relay=False)
+        checks.append(Check(f"{r.name}: API handshake", PASS if v.status == "ok" else FAIL, v.detail,
+                            "" if v.status == "ok" else "check the API settings in TWS / IB Gateway"))
+
+    for r in config.routes:
+        port = r.listen.port
+        name = f"{r.name}: relay port {port}"
+        hit = excluded(port, ranges) if ranges is not None else None
+        if hit:
+            checks.append(Check(name, FAIL, f"inside a Hyper-V excluded port range {hit[0]}-{hit[1]}",
+                                "pick another port (list the ranges: netsh int ipv4 show excludedportrange "
+                                "protocol=tcp)"))
+            continue
+        if running:
+            checks.append(Check(name, PASS, "in use by the running relay"))
+            continue
+        host = r.listen.host or "127.0.0.1"
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                sock.bind((host, port))
+            checks.append(Check(name, PASS, f"{host}:{port} can be bound"))
+        except OSError as e:
+            checks.append(Check(name, FAIL, hostnet.bind_hint(e, host, port), "change the route's listen port"))
+
+    if platform == "win32" or any(r.interface for r in config.routes):
+        checks.append(Check("Windows Firewall", INFO, "WSL's adapter is in the Public profile: inbound from WSL "
+                            "is dropped unless a rule allows it (clients then time out)",
+                            "in an administrator PowerShell: " + firewall_rule(relay_ports) +
+                            "  (a Block rule for python.exe / relay.exe wins over it: remove it)"))
+    return checks
+
+
+async def wsl_checks(host: Optional[str], route: Optional[str], discovery_port: int = DISCOVERY_PORT,
+                     timeout: float = 2.0) -> List[Check]:
+    report = await wsl.discover(wsl.gather_facts(), host=host, route=route, discovery_port=discovery_port,
+                                timeout=timeout)
+    sit = report.situation
+    checks = [Check("environment", INFO, f"{sit.environment}, mode {sit.mode or 'n/a'} "
+                    f"({sit.mode_source or 'not WSL'})" + "".join(f"; {n}" for n in sit.notes))]
+    if not sit.candidates:
+        checks.append(Check("Windows host", FAIL, "no candidate address found", "pass --host"))
+    for v in report.verdicts:
+        checks.append(Check(f"{v.what} at {v.host}:{v.port}", PASS if v.status == "ok" else FAIL, v.detail))
+    if report.best is None and sit.candidates:
+        checks.append(Check("path to TWS", FAIL, "no working path found", "see the failed checks above"))
+    return checks
+
+
+def render(checks: List[Check]) -> str:
+    marks = {PASS: "PASS", WARN: "WARN", FAIL: "FAIL", INFO: "info"}
+    out = []
+    for c in checks:
+        out.append(f"[{marks[c.status]}] {c.name}: {c.detail}")
+        if c.fix and c.status != PASS:
+            out.append(f"       fix: {c.fix}")
+    return "\n".join(out)
+
+
+def as_json(checks: List[Check]) -> Dict:
+    return {"ok": ok(checks), "checks": [asdict(c) for c in checks]}
+
+
+def ok(checks: List[Check]) -> bool:
+    return not any(c.status == FAIL for c in checks)

@@ -1,0 +1,148 @@
+"""`relay doctor` and `relay status`: pure parsers on recorded Windows output; the commands on loopback."""
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from helpers import Proc
+from relay import doctor, tws
+
+HERE = os.path.dirname(__file__)
+RELAY = [sys.executable, "-m", "relay"]
+
+NETSH = """
+Protocol tcp Port Exclusion Ranges
+
+Start Port    End Port
+----------    --------
+      1433        1433
+      7444        7543
+     50000       50059     *
+
+* - Administered port exclusions.
+
+"""
+
+
+def test_excluded_port_ranges_from_netsh():
+    ranges = doctor.parse_excluded_ranges(NETSH)
+    assert ranges == [(1433, 1433), (7444, 7543), (50000, 50059)]
+    assert doctor.excluded(7497, ranges) == (7444, 7543)       # the reported case: TWS's own ports
+    assert doctor.excluded(17497, ranges) is None
+    assert doctor.parse_excluded_ranges("netsh: The following command was not found") == []
+
+
+@pytest.mark.parametrize("name, label, ok", [
+    ("tws.exe", "TWS", True), ("ibgateway.exe", "IB Gateway", True), ("javaw.exe", "Java", True),
+    ("python.exe", "not TWS", False), ("relay.exe", "not TWS", False)])
+def test_port_owner_classification(name, label, ok):
+    what, is_tws = doctor.classify_owner(name)
+    assert label in what and is_tws == ok
+
+
+def test_firewall_rule_is_port_scoped_any_profile_private_ranges():
+    rule = doctor.firewall_rule([17497, 17400, 17497])
+    assert "-LocalPort 17400,17497" in rule and "-Profile Any" in rule and "172.16.0.0/12" in rule
+    assert "-Direction Inbound" in rule and "-Action Allow" in rule
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def stand_in_tws():
+    port = free_port()
+    p = Proc([sys.executable, os.path.join(HERE, "fake_tws.py"), str(port), "--host", "127.0.0.1"])
+    p.wait_line("listening")
+    yield port, p
+    p.kill()
+
+
+def write_config(tmp_path, tws_port, **extra):
+    ports = {"listen": free_port(), "discovery": free_port(), "status": free_port()}
+    conf = tmp_path / "relay.yaml"
+    conf.write_text(f"routes:\n  - name: tws-paper\n    listen: 127.0.0.1:{ports['listen']}\n"
+                    f"    target: 127.0.0.1:{tws_port}\n"
+                    f"discovery_port: {ports['discovery']}\nstatus_port: {ports['status']}\n"
+                    + "".join(f"{k}: {v}\n" for k, v in extra.items()))
+    return conf, ports
+
+
+def run_cli(*args):
+    return subprocess.run(RELAY + list(args), capture_output=True, text=True, timeout=60)
+
+
+def test_doctor_host_side_passes_then_fails_when_tws_stops(tmp_path, stand_in_tws):
+    tws_port, tws_proc = stand_in_tws
+    conf, ports = write_config(tmp_path, tws_port)
+    r = run_cli("doctor", "--side", "host", "--config", str(conf))
+    assert r.returncode == 0, r.stdout
+    # the stand-in TWS is a python process: doctor names the owner and warns (a warning does not fail)
+    assert f"[WARN] tws-paper: target 127.0.0.1:{tws_port}: listening: python" in r.stdout
+    assert "not TWS or IB Gateway" in r.stdout
+    assert "[PASS] tws-paper: API handshake: TWS API answered: server version 176" in r.stdout
+    assert f"[PASS] tws-paper: relay port {ports['listen']}: 127.0.0.1:{ports['listen']} can be bound" in r.stdout
+    tws_proc.kill()
+    r = run_cli("doctor", "--side", "host", "--config", str(conf), "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and doc["ok"] is False
+    failed = [c for c in doc["checks"] if c["status"] == "fail"]
+    assert failed[0]["detail"] == "nothing listens there" and "Enable ActiveX and Socket Clients" in failed[0]["fix"]
+
+
+def test_doctor_reports_a_bad_config_and_a_busy_port(tmp_path, stand_in_tws):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("routes: [\n")
+    r = run_cli("doctor", "--side", "host", "--config", str(bad))
+    assert r.returncode == 1 and "[FAIL] config" in r.stdout and "YAML syntax error" in r.stdout
+    conf, ports = write_config(tmp_path, stand_in_tws[0])
+    with socket.create_server(("127.0.0.1", ports["listen"])):
+        r = run_cli("doctor", "--side", "host", "--config", str(conf))
+    assert r.returncode == 1 and "already listens" in r.stdout
+
+
+def bot_session(port, client_id):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(tws.client_hello(157, 178))
+    size = struct.unpack(">I", s.recv(4))[0]
+    s.recv(size)
+    s.sendall(tws.fields_message(71, 2, client_id, ""))
+    s.recv(4096)       # managedAccounts / nextValidId: the session is up
+    return s
+
+
+def test_status_and_doctor_with_a_running_relay(tmp_path, stand_in_tws):
+    conf, ports = write_config(tmp_path, stand_in_tws[0])
+    relay = Proc(RELAY + ["serve", "--config", str(conf)])
+    try:
+        relay.wait_line("ready")
+        bot = bot_session(ports["listen"], 9)
+        relay.wait_line("api-start")
+        r = run_cli("status", "--port", str(ports["status"]))
+        assert r.returncode == 0, r.stderr
+        assert f"route tws-paper: listening  127.0.0.1:{ports['listen']}" in r.stdout and "(target up)" in r.stdout
+        assert "client_id 9 v176" in r.stdout and "127.0.0.1:" in r.stdout
+        doc = json.loads(run_cli("status", "--port", str(ports["status"]), "--json").stdout)
+        (conn,) = doc["routes"][0]["connections"]
+        assert conn["client_id"] == 9 and conn["peer"] == "127.0.0.1:%d" % bot.getsockname()[1]
+        checked = run_cli("doctor", "--side", "host", "--config", str(conf))
+        assert checked.returncode == 0 and "[PASS] relay running" in checked.stdout
+        assert "in use by the running relay" in checked.stdout
+        wsl_side = run_cli("doctor", "--side", "wsl", "--host", "127.0.0.1", "--discovery-port", str(ports["discovery"]))
+        assert wsl_side.returncode == 0, wsl_side.stdout
+        assert f"[PASS] route tws-paper at 127.0.0.1:{ports['listen']}" in wsl_side.stdout
+        bot.close()
+    finally:
+        relay.kill()
+
+
+def test_status_without_a_relay_says_so():
+    r = run_cli("status", "--port", str(free_port()))
+    assert r.returncode == 1 and "no relay answers" in r.stderr
