@@ -147,21 +147,26 @@ class Proc:
             self.q.put(line.rstrip("\n"))
         self.q.put(None)
 
+    def _pull(self, end: float, waiting_for: str) -> str:
+        """The next output line, or an AssertionError naming what was awaited."""
+        try:
+            line = self.q.get(timeout=max(0.0, end - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"timed out waiting for {waiting_for}; got:\n" + "\n".join(self.lines)) from None
+        if line is None:
+            self.q.put(None)
+            raise AssertionError(f"process exited before {waiting_for}:\n" + "\n".join(self.lines))
+        self.lines.append(line)
+        return line
+
     def wait_line(self, needle: str, timeout: float = 10) -> str:
+        """The first line (already seen or still to come) containing `needle`."""
         for line in self.lines:
             if needle in line:
                 return line
         end = time.monotonic() + timeout
         while True:
-            try:
-                line = self.q.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line with {needle!r} within {timeout}s; got:\n"
-                                     + "\n".join(self.lines)) from None
-            if line is None:
-                self.q.put(None)
-                raise AssertionError(f"process exited before printing {needle!r}:\n" + "\n".join(self.lines))
-            self.lines.append(line)
+            line = self._pull(end, f"a line with {needle!r}")
             if needle in line:
                 return line
 
@@ -169,15 +174,7 @@ class Proc:
         """Wait until `needle` has appeared in `n` lines."""
         end = time.monotonic() + timeout
         while sum(needle in line for line in self.lines) < n:
-            try:
-                line = self.q.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"{needle!r} seen fewer than {n} times within {timeout}s:\n"
-                                     + "\n".join(self.lines)) from None
-            if line is None:
-                self.q.put(None)
-                raise AssertionError(f"process exited before {n} lines with {needle!r}")
-            self.lines.append(line)
+            self._pull(end, f"{n} lines with {needle!r}")
 
     def finish(self, timeout: float = 10) -> int:
         rc = self.proc.wait(timeout)
