@@ -153,3 +153,24 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         assert json.loads(relay.wait_line('"starting"'))["loop"] == "asyncio"
     finally:
         relay.kill()
+
+
+def test_second_signal_cuts_connections_at_once(tmp_path, echo_server):
+    (tmp_path / "relay.yaml").write_text(
+        f"routes:\n  - name: paper\n    listen: 127.0.0.1:0\n    target: 127.0.0.1:{echo_server}\n"
+        "discovery_port: false\nstatus_port: false\nshutdown_grace: 60\n")
+    relay = RelayProcess(cwd=tmp_path)
+    try:
+        port = listen_port(relay.wait_line("listening"))
+        relay.wait_line("ready")
+        with socket.create_connection(("127.0.0.1", port)) as c:
+            c.sendall(b"x")
+            assert c.recv(1) == b"x"
+            relay.proc.send_signal(signal.SIGTERM)
+            relay.wait_line("draining")                    # would wait 60 s for the connection
+            relay.proc.send_signal(signal.SIGINT)          # a second Ctrl+C: cut now
+            assert relay.finish(timeout=5) == 0
+        assert "cutting connections now" in relay.wait_line("signal=SIGINT")
+        assert "connections_cut=1" in relay.wait_line("stopped")
+    finally:
+        relay.kill()

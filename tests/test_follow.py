@@ -47,6 +47,13 @@ def test_wsl_adapter_is_picked_from_windows_shaped_data(if_addrs, stats, expect)
     assert (found.name, found.address) == expect if expect else found is None
 
 
+def test_address_change_is_seen_between_two_polls():
+    before = hostnet.find_adapter("wsl", {"vEthernet (WSL)": [v4("172.24.32.1")]}, {})
+    after = hostnet.find_adapter("wsl", {"vEthernet (WSL)": [v4("172.27.128.1")]}, {})   # after a VPN clash
+    assert (before.address, str(before.network)) == ("172.24.32.1", "172.24.32.0/20")
+    assert (after.address, str(after.network)) == ("172.27.128.1", "172.27.128.0/20")
+
+
 def test_adapter_subnet_becomes_the_default_allowlist_and_named_adapters_match_exactly():
     a = hostnet.find_adapter("wsl", {"vEthernet (WSL)": [v4("172.24.32.1")]}, {})
     assert [str(n) for n in hostnet.adapter_default_allow(a)] == ["127.0.0.0/8", "::1/128", "172.24.32.0/20"]
