@@ -334,7 +334,7 @@ def status(port, as_json) -> None:
     """Show the running relay's routes, their state, and open connections with their real peers."""
     import json
     from . import doctor
-    doc = asyncio.run(doctor._status(port))
+    doc = asyncio.run(doctor.fetch_status(port))
     if doc is None or doc.get("kind") != "status":
         click.echo(f"relay: no relay answers on 127.0.0.1:{port} (is it running? is status_port {port}?)",
                    err=True)

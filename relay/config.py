@@ -311,16 +311,12 @@ def check_routes(routes: Iterable[Route], path: str = "routes") -> None:
         host = r.interface or r.listen.host     # routes on the same adapter clash like same-address ones
         for other, port, j in bound:
             if port == r.listen.port and (other == host or (r.interface is None and _overlap(other, host))):
-                raise ConfigError(f"{_where(r)} clashes with routes[{j}].listen", _join(here, "listen"))
+                raise ConfigError(f"{where(r)} clashes with routes[{j}].listen", _join(here, "listen"))
         bound.append((host, r.listen.port, i))
 
 
 def where(r: Route) -> str:
     """A route's listen place as written: 172.24.32.1:17497, wsl:17497, or NAME:17497."""
-    return _where(r)
-
-
-def _where(r: Route) -> str:
     return f"{r.interface}:{r.listen.port}" if r.interface else str(r.listen)
 
 

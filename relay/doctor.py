@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import config as cfg, hostnet, wsl
-from .discovery import DEFAULT_PORT as DISCOVERY_PORT
+from .discovery import DEFAULT_PORT as DISCOVERY_PORT, target_up
 
 PASS, WARN, FAIL, INFO = "pass", "warn", "fail", "info"
 
@@ -88,7 +88,8 @@ def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
     return parse_excluded_ranges(out)
 
 
-async def _status(port: int) -> Optional[dict]:
+async def fetch_status(port: int) -> Optional[dict]:
+    """The running relay's status answer on 127.0.0.1:port, or None."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
         data = await asyncio.wait_for(reader.read(1 << 20), 2)
@@ -109,7 +110,7 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
     checks.append(Check("config", PASS, f"{config_path}: {len(config.routes)} route(s)"))
     s = config.settings
 
-    running = await _status(s.status_port) if s.status_port else None
+    running = await fetch_status(s.status_port) if s.status_port else None
     if running:
         states = ", ".join(f"{r['name']} {r['state']}" for r in running.get("routes", []))
         checks.append(Check("relay running", PASS, f"pid {running.get('pid')}: {states}"))
@@ -133,9 +134,7 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
     relay_ports = [r.listen.port for r in config.routes] + ([s.discovery_port] if s.discovery_port else [])
     for r in config.routes:
         t = r.target
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), 2)
-            w.close()
+        if await target_up(t.host, t.port, 2):
             owner = _port_owner(t.port)
             if owner is None:
                 checks.append(Check(f"{r.name}: target {t}", PASS, "listening (owner unknown)"))
@@ -143,7 +142,7 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
                 what, ok = classify_owner(owner)
                 checks.append(Check(f"{r.name}: target {t}", PASS if ok else WARN, f"listening: {what}",
                                     "" if ok else f"is {t.port} really TWS's API port?"))
-        except (OSError, asyncio.TimeoutError):
+        else:
             checks.append(Check(f"{r.name}: target {t}", FAIL, "nothing listens there",
                                 "start TWS / IB Gateway and enable the API (Configure > API > Settings: "
                                 "'Enable ActiveX and Socket Clients', socket port)"))

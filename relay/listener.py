@@ -394,19 +394,11 @@ class Relay:
 
 async def check_target(target, how: str, timeout: float = 1.0) -> bool:
     """Does the target answer? 'connect': a TCP connect; 'handshake': the TWS API version reply."""
-    async def _check() -> bool:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-        try:
-            if how == "handshake":
-                writer.write(tws.client_hello())
-                head = await reader.readexactly(4)
-                payload = await reader.readexactly(min(int.from_bytes(head, "big"), 4096))
-                tws.parse_server_hello(payload)
-            return True
-        finally:
-            writer.close()
+    if how != "handshake":
+        return await discovery.target_up(target.host, target.port, timeout)
     try:
-        return await asyncio.wait_for(_check(), timeout)
+        await asyncio.wait_for(tws.ask_version(target.host, target.port), timeout)
+        return True
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, tws.ProtocolError):
         return False
 

@@ -233,17 +233,14 @@ class Splice:
         peer = leg.peer
         if peer.transport is not None and not peer.lost:
             self._close_leg(peer)
-        elif leg is self.client and self.connect_task is not None and not self.connect_task.done():
-            self.connect_task.cancel()
+        elif leg is self.client:
+            self._cancel_connect()
         if self.client.lost and (self.upstream.lost or self.upstream.transport is None):
             self._finish()
 
-    def close(self, by: Optional[str] = None) -> None:
+    def close(self) -> None:
         """Close both legs, flushing what is queued (bounded by drain_timeout)."""
-        if by and self.closed_by is None:
-            self.closed_by = by
-        if self.connect_task is not None and not self.connect_task.done():
-            self.connect_task.cancel()
+        self._cancel_connect()
         for leg in (self.client, self.upstream):
             if leg.transport is not None and not leg.lost:
                 self._close_leg(leg)
@@ -251,11 +248,14 @@ class Splice:
     def abort(self, by: str = "relay") -> None:
         if self.closed_by is None:
             self.closed_by = by
-        if self.connect_task is not None and not self.connect_task.done():
-            self.connect_task.cancel()
+        self._cancel_connect()
         for leg in (self.client, self.upstream):
             if leg.transport is not None and not leg.lost:
                 leg.transport.abort()
+
+    def _cancel_connect(self) -> None:
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
 
     def _close_leg(self, leg: Leg) -> None:
         t = leg.transport

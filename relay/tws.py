@@ -7,6 +7,7 @@ connection-time string.
 """
 from __future__ import annotations
 
+import asyncio
 import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -53,6 +54,21 @@ def split_fields(payload: bytes) -> List[str]:
         return payload[:-1].decode("ascii").split("\0")
     except UnicodeDecodeError:
         raise ProtocolError("message is not ASCII text") from None
+
+
+async def ask_version(host: str, port: int) -> int:
+    """Open a connection, send the client hello, return the server's version; the one place the
+    handshake is done over a socket (the probe and the target check use it). Raises OSError,
+    asyncio.IncompleteReadError or ProtocolError; the caller bounds the time."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(client_hello())
+        size = struct.unpack(">I", await reader.readexactly(4))[0]
+        if size > 4096:
+            raise ProtocolError("reply too long for a version answer")
+        return parse_server_hello(await reader.readexactly(size))[0]
+    finally:
+        writer.close()
 
 
 def parse_server_hello(payload: bytes) -> Tuple[int, str]:

@@ -215,20 +215,8 @@ def _classify(exc: BaseException) -> str:
 
 async def probe(host: str, port: int, timeout: float, what: str, via_relay: bool) -> Verdict:
     """TCP connect, then the TWS API handshake: send the hello, expect the two-field version reply."""
-    async def _handshake() -> int:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(tws.client_hello())
-            head = await reader.readexactly(4)
-            size = struct.unpack(">I", head)[0]
-            if size > 4096:
-                raise tws.ProtocolError("reply too long for a version answer")
-            version, _ = tws.parse_server_hello(await reader.readexactly(size))
-            return version
-        finally:
-            writer.close()
     try:
-        version = await asyncio.wait_for(_handshake(), timeout)
+        version = await asyncio.wait_for(tws.ask_version(host, port), timeout)
     except tws.ProtocolError:
         return Verdict(host, port, what, "not-tws", explain("not-tws", host, port, via_relay))
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
