@@ -13,13 +13,29 @@ from typing import List, Optional, Tuple
 
 import click
 
-from . import __version__, config as cfg, loops
+from . import __version__, config as cfg, discovery, loops, tws
 from .listener import BindError, Relay
 from .logs import event, setup as setup_logging
 
 log = logging.getLogger("relay")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+STATUS_PORT = cfg.Settings().status_port
+
+
+class PortOrOff(click.ParamType):
+    """A port number, or `off` (also `false`, as relay.yaml says it): None."""
+    name = "PORT|off"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text in ("off", "false", "no"):
+            return None
+        if text.isdigit() and 0 <= int(text) <= 65535:
+            return int(text)
+        self.fail(f"{value!r} is not a port (0-65535) or 'off'", param, ctx)
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
@@ -55,17 +71,25 @@ def find_config(explicit: Optional[str]) -> Tuple[Optional[str], List[str]]:
     return None, candidates
 
 
-def one_route(listen: str, target: str, allow: Tuple[str, ...], max_connections: int, name: str) -> cfg.Route:
+def one_route(listen: str, target: str, allow: Tuple[str, ...], max_connections: int, name: Optional[str]) -> cfg.Route:
     try:
+        to = cfg.parse_endpoint(target, "--target", listen=False)
+        if name is not None and not cfg.NAME_RE.match(name):
+            raise cfg.ConfigError(f"{name!r} is not a valid name (letters, digits, '.', '_', '-')", "--name")
         route = cfg.Route(
-            name=name,
+            name=name or route_name_for(to.port),
             listen=cfg.parse_endpoint(listen, "--listen", listen=True),
-            target=cfg.parse_endpoint(target, "--target", listen=False),
+            target=to,
             allow=tuple(cfg.parse_network(a, "--allow") for a in allow) or None,
             max_connections=max_connections)
     except cfg.ConfigError as e:
         fail(str(e))
     return route
+
+
+def route_name_for(target_port: int) -> str:
+    """The one-route form's default name: TWS's own name for its port, so `relay wsl` picks it."""
+    return {p: n for n, p in tws.DEFAULT_PORTS.items()}.get(target_port, f"to-{target_port}")
 
 
 async def _serve(config: cfg.Config) -> int:
@@ -151,32 +175,49 @@ def main(ctx: click.Context) -> None:
               help="One-route form: allowed client networks (repeatable). Default: loopback + the listen subnet.")
 @click.option("--max-connections", type=click.IntRange(1, 10000), default=32, show_default=True,
               help="One-route form: connection cap.")
-@click.option("--name", default="relay", show_default=True, help="One-route form: route name for logs.")
-@click.option("--discovery-port", type=click.IntRange(0, 65535), default=None,
-              help="One-route form: also serve the discovery answer for `relay wsl` on this port (default: off).")
+@click.option("--name", default=None,
+              help="One-route form: route name for logs and `relay wsl` (default: tws-paper for a target on "
+                   "port 7497, tws-live 7496, gateway-live 4001, gateway-paper 4002, else to-PORT).")
+@click.option("--discovery-port", type=PortOrOff(), default=str(discovery.DEFAULT_PORT), show_default=True,
+              help="One-route form: port of the discovery answer `relay wsl discover` reads, on the listen "
+                   "address; 'off' turns it off. If another relay holds it, that relay answers for this one.")
+@click.option("--status-port", type=PortOrOff(), default=str(STATUS_PORT), show_default=True,
+              help="One-route form: port of the local status answer (`relay status`), on 127.0.0.1; 'off' "
+                   "turns it off. If it is busy the relay takes a free port and `relay status` still finds it.")
 @click.option("--expose-to-all-networks", is_flag=True, default=None,
               help="Allow listening on a wildcard address (0.0.0.0 or ::). Exposes the trading API: avoid.")
 @click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default=None,
               help="Event loop (default from config, else auto: uvloop, winloop on Windows, else asyncio).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
-def serve(config_path, listen, target, allow, max_connections, name, discovery_port, expose_to_all_networks,
-          loop_choice, log_format, log_level) -> None:
-    """Serve routes: from relay.yaml, or one route given by --listen and --target."""
+def serve(config_path, listen, target, allow, max_connections, name, discovery_port, status_port,
+          expose_to_all_networks, loop_choice, log_format, log_level) -> None:
+    """Serve routes: from relay.yaml, or one route given by --listen and --target.
+
+    \b
+    Examples:
+      relay                                    # the routes of ./relay.yaml (or the user config folder)
+      relay serve --config C:\\relay\\relay.yaml
+      relay serve --listen 127.0.0.1:14001 --target 127.0.0.1:4001   # one route, like socat
+    """
+    ctx = click.get_current_context()
+    one_route_only = [f"--{n.replace('_', '-')}" for n in ("allow", "discovery_port", "status_port", "name")
+                      if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
     if bool(listen) != bool(target):
         fail("--listen and --target go together")
     if listen:
         route = one_route(listen, target, allow, max_connections, name)
-        try:
-            cfg.check_discovery_port([route], discovery_port)
-        except cfg.ConfigError as e:
-            fail(str(e).replace("routes[0].listen", "--listen"))
-        config = cfg.Config(routes=(route,), settings=cfg.Settings(discovery_port=discovery_port))
+        if discovery_port and route.listen.port == discovery_port:
+            if ctx.get_parameter_source("discovery_port") == click.core.ParameterSource.COMMANDLINE:
+                fail(f"--listen port {discovery_port} is also the discovery port: give --discovery-port another port")
+            discovery_port = None    # the route asked for the default discovery port: the route wins
+        config = cfg.Config(routes=(route,), settings=cfg.Settings(discovery_port=discovery_port,
+                                                                    status_port=status_port))
         source_note = "command line"
     else:
-        if allow or discovery_port is not None:
-            fail("--allow and --discovery-port belong to the one-route form (--listen/--target); "
-                 "in relay.yaml use 'allow:' and 'discovery_port:'")
+        if one_route_only:
+            fail(f"{', '.join(one_route_only)} belong(s) to the one-route form (--listen/--target); "
+                 "in relay.yaml use 'allow:', 'name:', 'discovery_port:' and 'status_port:'")
         config, source_note = _load(config_path)
     config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks,
                               log_format=log_format, log_level=log_level)
@@ -187,7 +228,7 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
 @click.option("--config", "config_path", metavar="FILE", help="relay.yaml to check.")
 def check(config_path) -> None:
     """Validate relay.yaml and print its routes; exit 2 if it has a problem."""
-    config, source_note = _load(config_path)
+    config, source_note = _load(config_path, one_route_hint=False)
     click.echo(f"{source_note}: ok")
     for r in config.routes:
         allow = ", ".join(map(str, r.allow)) if r.allow else (
@@ -195,17 +236,19 @@ def check(config_path) -> None:
         click.echo(f"  {r.name}: {cfg.where(r)} -> {r.target}  allow: {allow}  max {r.max_connections}")
 
 
-def _load(config_path: Optional[str]) -> Tuple[cfg.Config, str]:
+def _load(config_path: Optional[str], one_route_hint: bool = True) -> Tuple[cfg.Config, str]:
     path, tried = find_config(config_path)
     if path is None:
-        fail("no relay.yaml found (looked in: " + ", ".join(tried) +
-             "). Pass --config FILE, or use --listen HOST:PORT --target HOST:PORT")
+        fail("no relay.yaml found (looked in: " + ", ".join(tried) + "). Pass --config FILE" +
+             (", or serve one route with `relay serve --listen HOST:PORT --target HOST:PORT`" if one_route_hint
+              else ""))
+    path = os.path.abspath(path)
     try:
         config = cfg.load(path)
     except cfg.ConfigError as e:
         fail(str(e))
     how = "given with --config" if config_path else "found"
-    return config, f"{os.path.abspath(path)} ({how})"
+    return config, f"{path} ({how})"
 
 
 # ------------------------------------------------------------------------------------ relay wsl
@@ -327,30 +370,37 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
 # ------------------------------------------------------------------------------ status, doctor
 
 @main.command()
-@click.option("--port", type=click.IntRange(1, 65535), default=17401, show_default=True,
-              help="The relay's status port (status_port in relay.yaml).")
-@click.option("--json", "as_json", is_flag=True, help="Print the relay's answer as JSON.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help=f"Ask only the relay with this status port. Default: every relay this user runs on this "
+                   f"machine, and whatever answers on {STATUS_PORT}.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"relays": [answer, ...]} as JSON.')
 def status(port, as_json) -> None:
-    """Show the running relay's routes, their state, and open connections with their real peers."""
+    """Show the running relays' routes, their state, and open connections with their real peers."""
     import json
-    from . import doctor
-    doc = asyncio.run(doctor.fetch_status(port))
-    if doc is None or doc.get("kind") != "status":
-        click.echo(f"relay: no relay answers on 127.0.0.1:{port} (is it running? is status_port {port}?)",
-                   err=True)
+    from . import doctor, registry
+    if port is None:
+        docs = asyncio.run(doctor.running_relays([STATUS_PORT]))
+    else:
+        docs = [d for d in [asyncio.run(discovery.fetch_status(port))] if d is not None]
+    if not docs:
+        where = f"127.0.0.1:{port}" if port else f"{registry.default_dir()} or 127.0.0.1:{STATUS_PORT}"
+        click.echo(f"relay: no running relay found (looked in {where}); is it running, with its status "
+                   f"answer on (status_port)?", err=True)
         sys.exit(EXIT_FAIL)
     if as_json:
-        click.echo(json.dumps(doc, indent=2))
+        click.echo(json.dumps({"relays": docs}, indent=2))
         return
-    click.echo(f"tws-relay {doc.get('version')}, pid {doc.get('pid')}, up {doc.get('up_seconds')} s")
-    for r in doc.get("routes", []):
-        target = {True: "up", False: "down", None: "not checked"}[r.get("target_up")]
-        click.echo(f"route {r['name']}: {r['state']}  {r['listen']} -> {r['target']} (target {target})  "
-                   f"{len(r['connections'])} connection(s)")
-        for c in r["connections"]:
-            who = f"client_id {c['client_id']} v{c['server_version']}" if c.get("client_id") is not None else "-"
-            click.echo(f"    {c['peer']:<22} {who:<22} up {c['bytes_up']} B  down {c['bytes_down']} B  "
-                       f"age {c['age']} s")
+    for doc in docs:
+        click.echo(f"tws-relay {doc.get('version')}, pid {doc.get('pid')}, up {doc.get('up_seconds')} s, "
+                   f"config {doc.get('config')}")
+        for r in doc.get("routes", []):
+            target = {True: "up", False: "down", None: "not checked"}[r.get("target_up")]
+            click.echo(f"  route {r['name']}: {r['state']}  {r['listen']} -> {r['target']} (target {target})  "
+                       f"{len(r['connections'])} connection(s)")
+            for c in r["connections"]:
+                who = f"client_id {c['client_id']} v{c['server_version']}" if c.get("client_id") is not None else "-"
+                click.echo(f"      {c['peer']:<22} {who:<22} up {c['bytes_up']} B  down {c['bytes_down']} B  "
+                           f"age {c['age']} s")
 
 
 @main.command()

@@ -120,10 +120,11 @@ def parse_endpoint(value: Any, path: str, *, listen: bool) -> Endpoint:
     if not isinstance(value, str):
         raise ConfigError(f"expected HOST:PORT as a string, got {_kind(value)}", path)
     text = value.strip()
-    m = re.fullmatch(r"\[([^\]]*)\]:(\d{1,5})", text) or re.fullmatch(r"([^:\[\]]*):(\d{1,5})", text)
+    m = re.fullmatch(r"\[([^\]]*)\]:(\d+)", text) or re.fullmatch(r"([^:\[\]]*):(\d+)", text)
     if not m:
         raise ConfigError(f"{value!r} is not HOST:PORT (IPv6 goes in brackets: [::1]:7497)", path)
-    host, port = m.group(1), int(m.group(2))
+    host, digits = m.group(1), m.group(2).lstrip("0") or "0"
+    port = int(digits) if len(digits) <= 6 else 10 ** 6    # int() of thousands of digits raises
     low = 0 if listen else 1   # listen port 0 means "any free port" (useful in tests)
     if not low <= port <= 65535:
         raise ConfigError(f"port {port} is out of range ({low}-65535)", path)

@@ -18,11 +18,15 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from . import __version__
+from .logs import event
+from .sockopts import BACKLOG
 
 SERVICE = "tws-relay"
 PROTOCOL = 1
 MAX_ANSWER = 64 * 1024
 DEFAULT_PORT = 17400
+# The shipped relay.yaml's ports (TWS / Gateway port + 10000), probed when no discovery answer comes.
+WELL_KNOWN_PORTS = {"tws-paper": 17497, "tws-live": 17496, "gateway-live": 14001, "gateway-paper": 14002}
 log = logging.getLogger("relay")
 
 
@@ -94,6 +98,21 @@ async def fetch(host: str, port: int, timeout: float) -> Answer:
     return parse_answer(data)
 
 
+async def fetch_status(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> Optional[dict]:
+    """A running relay's status answer (one JSON document), or None if nothing usable answers."""
+    async def _read() -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            return await reader.read(1 << 20)
+        finally:
+            writer.close()
+    try:
+        doc = json.loads(await asyncio.wait_for(_read(), timeout))
+    except (OSError, asyncio.TimeoutError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("kind") == "status" else None
+
+
 async def target_up(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
@@ -135,33 +154,42 @@ class AnswerServer:
     """A listener that answers every connection with one document: the discovery answer on each
     listen address, the status answer on 127.0.0.1. It can move when its address changes."""
 
-    def __init__(self, name: str, port: int, answer, admits) -> None:
-        self.name = name
+    def __init__(self, kind: str, port: int, answer, admits) -> None:
+        self.kind = kind              # "discovery" or "status": names its log lines
         self.port = port              # 0: any free port; the real one once bound
         self.answer = answer          # async () -> bytes
         self.admits = admits          # (peer ip) -> bool
         self.host: Optional[str] = None
         self.server = None
+        self.failing = False          # a failed bind was logged; say it once per episode
 
-    async def bind(self, host: str) -> None:
+    async def bind(self, host: str, **fields) -> None:
+        """Listen on host:port or raise OSError; the listening line is logged here, in one format."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: AnswerProtocol(self), host, self.port)
+        # an explicit backlog: under a burst of connects asyncio's default of 100 overflows and
+        # the kernel's SYN cookies leave clients connected on their side only
+        self.server = await loop.create_server(lambda: AnswerProtocol(self), host, self.port, backlog=BACKLOG)
         self.host = host
         self.port = self.server.sockets[0].getsockname()[1]
+        self.failing = False
+        listen = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        event(log, logging.INFO, f"{self.kind}-listening", listen=listen, **fields)
 
-    async def follow(self, host: Optional[str]) -> None:
-        """Listen on `host` (None: nowhere), moving if it changed; a failed bind is logged, retried later."""
+    async def follow(self, host: Optional[str], **fields) -> None:
+        """Listen on `host` (None: nowhere), moving if it changed; a failed bind is logged once and
+        retried at the next call."""
         if host == self.host and self.server is not None:
             return
         self.close()
         if host is None:
             return
         try:
-            await self.bind(host)
+            await self.bind(host, **fields)
         except OSError as e:
-            log.warning(f"{self.name} cannot listen on {host}:{self.port}: {e.strerror or e}")
-            return
-        log.info(f"{self.name} listening on {host}:{self.port}")
+            if not self.failing:
+                self.failing = True
+                event(log, logging.WARNING, f"{self.kind}-not-listening", listen=f"{host}:{self.port}",
+                      error=e.strerror or str(e), note="retrying; the routes are not affected")
 
     def close(self) -> None:
         if self.server is not None:
@@ -170,11 +198,10 @@ class AnswerServer:
         self.host = None
 
 
-async def routes_answer(routes) -> bytes:
-    """The discovery answer for RouteServers: their state as last checked, or a fresh look."""
+async def route_rows(routes) -> list:
+    """(name, port, target, target_up) of RouteServers: their state as last checked, or a fresh look."""
     ups = await asyncio.gather(*(_up(r) for r in routes))
-    return build_answer([(r.route.name, r.address.port, str(r.route.target), up)
-                         for r, up in zip(routes, ups)])
+    return [(r.route.name, r.address.port, str(r.route.target), up) for r, up in zip(routes, ups)]
 
 
 async def _up(route) -> bool:

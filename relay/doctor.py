@@ -8,7 +8,7 @@ output are pure and tested with recorded output.
 from __future__ import annotations
 
 import asyncio
-import json
+import os
 import re
 import shutil
 import socket
@@ -17,8 +17,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import config as cfg, hostnet, wsl
-from .discovery import DEFAULT_PORT as DISCOVERY_PORT, target_up
+from . import config as cfg, hostnet, registry, wsl
+from .discovery import DEFAULT_PORT as DISCOVERY_PORT, fetch_status, target_up
 
 PASS, WARN, FAIL, INFO = "pass", "warn", "fail", "info"
 
@@ -65,17 +65,6 @@ def firewall_rule(ports: List[int]) -> str:
 
 # ------------------------------------------------------------------------------ checks
 
-def _port_owner(port: int) -> Optional[str]:
-    try:
-        import psutil
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-                return psutil.Process(c.pid).name()
-    except Exception:   # access denied, process gone: the owner is a bonus, not a verdict
-        return None
-    return None
-
-
 def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
     exe = shutil.which("netsh")
     if not exe:
@@ -88,15 +77,32 @@ def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
     return parse_excluded_ranges(out)
 
 
-async def fetch_status(port: int) -> Optional[dict]:
-    """The running relay's status answer on 127.0.0.1:port, or None."""
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1)
-        data = await asyncio.wait_for(reader.read(1 << 20), 2)
-        writer.close()
-        return json.loads(data)
-    except (OSError, asyncio.TimeoutError, ValueError):
-        return None
+async def running_relays(extra_ports=(), run_dir: Optional[str] = None) -> List[dict]:
+    """Status answers of the relays running on this machine: every registered one, plus whatever
+    answers on `extra_ports` (a relay of another user, or one started before records existed)."""
+    ports = [rec["status_port"] for rec in registry.live(run_dir) if rec.get("status_port")]
+    ports += [p for p in extra_ports if p and p not in ports]
+    docs = await asyncio.gather(*(fetch_status(p, timeout=1.0) for p in ports))
+    found: Dict[object, dict] = {}
+    for port, doc in zip(ports, docs):
+        if doc is not None:
+            found.setdefault(doc.get("pid"), dict(doc, status_port=port))
+    return list(found.values())
+
+
+def route_ports(doc: dict) -> Dict[int, str]:
+    """{listen port: route name} of a running relay's status answer (routes with an address now)."""
+    out = {}
+    for r in doc.get("routes", []):
+        try:
+            out[cfg.parse_endpoint(r.get("listen"), "listen", listen=True).port] = r.get("name")
+        except cfg.ConfigError:
+            continue
+    return out
+
+
+def _who(doc: dict) -> str:
+    return f"tws-relay pid {doc.get('pid')} (config {doc.get('config')})"
 
 
 async def host_checks(config_path: Optional[str], platform: str = sys.platform) -> List[Check]:
@@ -110,12 +116,18 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
     checks.append(Check("config", PASS, f"{config_path}: {len(config.routes)} route(s)"))
     s = config.settings
 
-    running = await fetch_status(s.status_port) if s.status_port else None
+    relays = await running_relays([s.status_port])
+    mine = os.path.abspath(config_path)
+    running = next((d for d in relays if d.get("config") == mine), None)
     if running:
         states = ", ".join(f"{r['name']} {r['state']}" for r in running.get("routes", []))
-        checks.append(Check("relay running", PASS, f"pid {running.get('pid')}: {states}"))
+        checks.append(Check("relay running", PASS, f"pid {running.get('pid')} serves this config: {states}"))
+    elif relays:
+        others = "; ".join(_who(d) for d in relays)
+        checks.append(Check("relay running", WARN, f"no running relay serves {mine}; running: {others}",
+                            f"start one with `relay --config {mine}`, or check that config instead"))
     else:
-        checks.append(Check("relay running", INFO, "no running relay answers its status port",
+        checks.append(Check("relay running", INFO, "no running relay found",
                             "start it with `relay` (or the logon task)"))
 
     if_addrs, if_stats = hostnet.interfaces(), hostnet.interface_stats()
@@ -135,11 +147,11 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
     for r in config.routes:
         t = r.target
         if await target_up(t.host, t.port, 2):
-            owner = _port_owner(t.port)
+            owner = hostnet.port_owner(t.port)
             if owner is None:
                 checks.append(Check(f"{r.name}: target {t}", PASS, "listening (owner unknown)"))
             else:
-                what, ok = classify_owner(owner)
+                what, ok = classify_owner(owner[1])
                 checks.append(Check(f"{r.name}: target {t}", PASS if ok else WARN, f"listening: {what}",
                                     "" if ok else f"is {t.port} really TWS's API port?"))
         else:
@@ -160,16 +172,23 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
                                 "pick another port (list the ranges: netsh int ipv4 show excludedportrange "
                                 "protocol=tcp)"))
             continue
-        if running:
-            checks.append(Check(name, PASS, "in use by the running relay"))
+        if running and route_ports(running).get(port) == r.name:
+            checks.append(Check(name, PASS, f"{r.name} is listening there in the running relay (pid "
+                                            f"{running.get('pid')})"))
             continue
         host = r.listen.host or "127.0.0.1"
         try:
             with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
                 sock.bind((host, port))
-            checks.append(Check(name, PASS, f"{host}:{port} can be bound"))
+            note = " (the running relay does not serve it now: see its state above)" if running else ""
+            checks.append(Check(name, PASS, f"{host}:{port} can be bound{note}"))
         except OSError as e:
-            checks.append(Check(name, FAIL, hostnet.bind_hint(e, host, port), "change the route's listen port"))
+            holder = next((d for d in relays if port in route_ports(d)), None)
+            if holder is not None and hostnet.in_use(e):
+                checks.append(Check(name, FAIL, f"held by another {_who(holder)}",
+                                    "stop that relay, or give this route another port"))
+            else:
+                checks.append(Check(name, FAIL, hostnet.bind_hint(e, host, port), "change the route's listen port"))
 
     if platform == "win32" or any(r.interface for r in config.routes):
         checks.append(Check("Windows Firewall", INFO, "WSL's adapter is in the Public profile: inbound from WSL "

@@ -9,7 +9,7 @@ import errno
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .config import IPNetwork, WILDCARD_HOSTS
 
@@ -70,10 +70,31 @@ def allowed(peer_ip: str, nets: Sequence[IPNetwork]) -> bool:
 WSAEACCES, WSAEADDRINUSE, WSAEADDRNOTAVAIL = 10013, 10048, 10049
 
 
+def in_use(err: OSError) -> bool:
+    return (getattr(err, "winerror", None) or err.errno) in (errno.EADDRINUSE, WSAEADDRINUSE)
+
+
+def bind_problem(err: OSError) -> str:
+    """The bare reason a bind failed, for lines that name the culprit themselves."""
+    return "address in use" if in_use(err) else (err.strerror or str(err))
+
+
+def port_owner(port: int) -> Optional[Tuple[int, str]]:
+    """(pid, process name) of whoever listens on a local TCP port, where the OS tells; else None."""
+    try:
+        import psutil
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return c.pid, psutil.Process(c.pid).name()
+    except Exception:   # access denied, process gone: the owner is a bonus, not a verdict
+        return None
+    return None
+
+
 def bind_hint(err: OSError, host: str, port: int) -> str:
-    """One sentence saying what a failed bind most likely means and what to do."""
+    """One sentence saying what a failed bind of a route most likely means and what to do."""
     code = getattr(err, "winerror", None) or err.errno
-    if code in (errno.EADDRINUSE, WSAEADDRINUSE):
+    if in_use(err):
         return (f"another program already listens on {host}:{port}. TWS and IB Gateway hold their own "
                 f"port on every address, so the relay needs a different port; find the owner with "
                 f"'ss -ltnp' (Linux) or 'netstat -ano | findstr :{port}' (Windows)")

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import discovery, hostnet, sockopts, tws
-from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS
+from . import discovery, hostnet, registry, sockopts, tws
+from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint, ConfigError
 from .logs import RateLimit, event
 from .pump import Splice
 
@@ -75,7 +75,7 @@ class RouteServer:
         port = self.address.port if self.route.listen.port == 0 and self.address.port else self.route.listen.port
         try:
             server = await loop.create_server(lambda: Splice(self).client, host, port,
-                                              backlog=128, start_serving=True)
+                                              backlog=sockopts.BACKLOG, start_serving=True)
         except OSError as e:
             raise BindError(f"route {self.route.name}: {hostnet.bind_hint(e, host, port)}") from None
         self.server = server
@@ -241,7 +241,8 @@ class Relay:
     """All routes of one configuration, their discovery answers, the status answer, and the
     supervisor that follows adapters and target health."""
 
-    def __init__(self, config: Config, if_addrs: Optional[dict] = None, platform: str = sys.platform):
+    def __init__(self, config: Config, if_addrs: Optional[dict] = None, platform: str = sys.platform,
+                 run_dir: Optional[str] = None):
         self.config = config
         s = config.settings
         opts = sockopts.plan(platform, s.keepalive, s.user_timeout)
@@ -250,6 +251,8 @@ class Relay:
         self.wake = asyncio.Event()
         self.supervisor: Optional[asyncio.Task] = None
         self.started = time.time()
+        self.run_dir = run_dir            # None: the user's default run folder
+        self.record: Optional[str] = None
         self.routes: List[RouteServer] = []
         for route in config.routes:
             if route.listen.host in WILDCARD_HOSTS and route.interface is None and not s.expose_to_all_networks:
@@ -268,48 +271,94 @@ class Relay:
             groups: Dict[str, List[RouteServer]] = {}
             for r in self.routes:
                 groups.setdefault(r.route.interface or r.route.listen.host, []).append(r)
-            for place, routes in groups.items():
-                server = discovery.AnswerServer(
-                    f"discovery answer ({place})", s.discovery_port,
-                    lambda routes=routes: discovery.routes_answer(routes),
-                    lambda ip, routes=routes: any(hostnet.allowed(ip, r.allow) for r in routes))
+            for routes in groups.values():
+                server = discovery.AnswerServer("discovery", s.discovery_port, None,
+                                                lambda ip, routes=routes: any(hostnet.allowed(ip, r.allow)
+                                                                              for r in routes))
+                server.answer = lambda server=server, routes=routes: self.discovery_answer(server, routes)
                 self.discovery.append((server, routes))
         self.status: Optional[discovery.AnswerServer] = None
         if s.status_port is not None:
-            self.status = discovery.AnswerServer("status answer", s.status_port, self.status_answer,
+            self.status = discovery.AnswerServer("status", s.status_port, self.status_answer,
                                                  lambda ip: hostnet.allowed(ip, hostnet.LOOPBACK))
 
     @property
     def needs_supervisor(self) -> bool:
-        return self.config.settings.target_check != "off" or any(r.route.interface for r in self.routes)
+        return (self.config.settings.target_check != "off" or any(r.route.interface for r in self.routes)
+                or bool(self.discovery))   # a busy discovery port is retried
+
+    @property
+    def source(self) -> str:
+        return self.config.source or "command line"
 
     async def start(self) -> None:
+        """Bind the routes on fixed addresses (a failure is fatal: BindError), then the answers
+        (a failure never is: they are conveniences), then record this relay for its neighbours."""
         try:
             for r in self.routes:
                 if r.route.interface is None:
                     await r.start()
-            for server, routes in self.discovery:
-                if routes[0].route.interface is None:
-                    try:
-                        await server.bind(routes[0].route.listen.host)
-                    except OSError as e:
-                        raise BindError(f"discovery answer: {hostnet.bind_hint(e, routes[0].route.listen.host, server.port)}"
-                                        f" (set discovery_port to another port, or false to turn it off)") from None
-                    event(log, logging.INFO, "discovery-listening", listen=f"{server.host}:{server.port}",
-                          routes=",".join(r.route.name for r in routes))
-            if self.status is not None:
-                try:
-                    await self.status.bind("127.0.0.1")
-                except OSError as e:
-                    raise BindError(f"status answer: {hostnet.bind_hint(e, '127.0.0.1', self.status.port)} "
-                                    f"(is another relay running? set status_port, or false to turn it off)") from None
-                event(log, logging.INFO, "status-listening", listen=f"127.0.0.1:{self.status.port}")
         except BindError:
             self.stop_accepting()
             raise
+        for server, routes in self.discovery:
+            if routes[0].route.interface is None:
+                await self._bind_discovery(server, routes)
+        if self.status is not None:
+            await self._bind_status()
+        self.record = registry.register(self.registry_record(), self.run_dir)
         if self.needs_supervisor:
             await self.tick()            # the first look happens before serving starts in earnest
             self.supervisor = asyncio.ensure_future(self.supervise())
+
+    def _holder(self, port: int) -> str:
+        """Who holds a local port, in words: another relay (pid, config) if one says so, else the OS's owner."""
+        for rec in registry.live(self.run_dir, exclude_pid=os.getpid()):
+            ports = {rec.get("status_port"), rec.get("discovery_port")} | {r.get("port") for r in rec.get("routes", [])}
+            if port in ports:
+                return f"another tws-relay (pid {rec['pid']}, config {rec.get('config')})"
+        owner = hostnet.port_owner(port)
+        return f"{owner[1]} (pid {owner[0]})" if owner else "another program"
+
+    async def _bind_discovery(self, server: discovery.AnswerServer, routes: List[RouteServer]) -> None:
+        host = routes[0].route.listen.host
+        names = ",".join(r.route.name for r in routes)
+        try:
+            await server.bind(host, routes=names)
+        except OSError as e:
+            server.failing = True
+            held = self._holder(server.port) if hostnet.in_use(e) else ""
+            event(log, logging.WARNING, "discovery-not-listening", listen=f"{host}:{server.port}",
+                  error=hostnet.bind_problem(e), held_by=held or None,
+                  note=("that relay answers for these routes too" if held.startswith("another tws-relay") else
+                        "`relay wsl discover` finds these routes only with --port; set discovery_port "
+                        "(--discovery-port) to a free port") + "; the routes are not affected, retrying")
+
+    async def _bind_status(self) -> None:
+        status = self.status
+        wanted = status.port
+        try:
+            await status.bind("127.0.0.1")
+            return
+        except OSError as e:
+            problem, held = hostnet.bind_problem(e), (self._holder(wanted) if hostnet.in_use(e) else None)
+        if wanted:
+            status.port = 0
+            try:
+                await status.bind("127.0.0.1")
+            except OSError:
+                pass
+        event(log, logging.WARNING, "status-port-busy", port=wanted, error=problem, held_by=held,
+              listen=f"127.0.0.1:{status.port}" if status.server else None,
+              note="`relay status` still finds this relay; set status_port (--status-port) to choose the port")
+
+    def registry_record(self) -> dict:
+        s = self.config.settings
+        return {"version": discovery.__version__, "config": self.source,
+                "status_port": self.status.port if self.status and self.status.server else None,
+                "discovery_port": s.discovery_port,
+                "routes": [{"name": r.route.name, "port": r.address.port, "target": str(r.route.target)}
+                           for r in self.routes]}
 
     async def supervise(self) -> None:
         s = self.config.settings
@@ -347,7 +396,10 @@ class Relay:
         for server, routes in self.discovery:
             if routes[0].route.interface:
                 adapter = adapters.get(routes[0].route.interface)
-                await server.follow(adapter.address if adapter else None)
+                host = adapter.address if adapter else None
+            else:
+                host = routes[0].route.listen.host
+            await server.follow(host, routes=",".join(r.route.name for r in routes))
 
     def stop_accepting(self) -> None:
         for r in self.routes:
@@ -356,11 +408,35 @@ class Relay:
             server.close()
         if self.status is not None:
             self.status.close()
+        registry.unregister(self.record)
+        self.record = None
+
+    async def discovery_answer(self, server: discovery.AnswerServer, routes: List[RouteServer]) -> bytes:
+        """This relay's routes on this address, then those of the other relays on the same address
+        (one relay per port, socat-style: only one of them can hold the discovery port)."""
+        own = await discovery.route_rows(routes)
+        return discovery.build_answer(own + await self.neighbour_rows(server.host, {row[1] for row in own}))
+
+    async def neighbour_rows(self, host: Optional[str], taken: set) -> list:
+        others = [rec for rec in registry.live(self.run_dir, exclude_pid=os.getpid()) if rec.get("status_port")]
+        docs = await asyncio.gather(*(discovery.fetch_status(rec["status_port"], timeout=0.5) for rec in others))
+        rows = []
+        for doc in docs:
+            for r in (doc or {}).get("routes", []):
+                try:
+                    where = parse_endpoint(r.get("listen"), "listen", listen=True)
+                except ConfigError:
+                    continue       # waiting for an adapter: nothing to offer yet
+                if where.host == host and where.port not in taken:
+                    up = r.get("target_up")
+                    rows.append((r["name"], where.port, r["target"], r["state"] == "listening" if up is None else up))
+        return rows
 
     async def status_answer(self) -> bytes:
         now = time.monotonic()
         doc = {"service": discovery.SERVICE, "kind": "status", "protocol": discovery.PROTOCOL,
                "version": discovery.__version__, "pid": os.getpid(), "up_seconds": round(time.time() - self.started),
+               "config": self.source,
                "routes": [{"name": r.route.name, "state": r.state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
@@ -380,16 +456,22 @@ class Relay:
             await asyncio.gather(self.supervisor, return_exceptions=True)
         self.stop_accepting()
         open_now = sum(len(r.active) for r in self.routes)
-        if open_now:
+        if open_now and grace > 0:
             event(log, logging.INFO, "draining", connections=open_now, grace=grace)
             try:
-                await asyncio.wait_for(asyncio.gather(*(r.idle.wait() for r in self.routes)), grace)
+                await asyncio.wait_for(self._all_idle(), grace)
             except asyncio.TimeoutError:
                 pass
         cut = sum(r.cut_all("shutdown") for r in self.routes)
         if cut:   # let the aborts' connection_lost callbacks run so the close lines are logged
-            await asyncio.wait_for(asyncio.gather(*(r.idle.wait() for r in self.routes)), 5)
+            await asyncio.wait_for(self._all_idle(), 5)
         return cut
+
+    async def _all_idle(self) -> None:
+        # one coroutine, not gather(): a gather cancelled inside wait_for (a second Ctrl+C) keeps its
+        # CancelledError as an exception nobody retrieves, and asyncio prints it as a traceback
+        for r in self.routes:
+            await r.idle.wait()
 
 
 async def check_target(target, how: str, timeout: float = 1.0) -> bool:

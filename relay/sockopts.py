@@ -12,6 +12,11 @@ from typing import List, Optional, Tuple, Union
 
 from .config import Keepalive
 
+# Listen backlog for every listener the relay opens. asyncio's default (100) overflows under a
+# burst of connects; the kernel then answers with SYN cookies and the extra clients hang,
+# connected on their side only. The kernel caps it at its own limit (somaxconn).
+BACKLOG = 1024
+
 # (SOL_SOCKET, SO_KEEPALIVE, IPPROTO_TCP, TCP_NODELAY)
 _BASE = {
     "linux": (1, 9, 6, 1),

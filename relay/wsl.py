@@ -270,6 +270,7 @@ async def discover(facts: Facts, *, host: Optional[str] = None, port: Optional[i
             status = _classify(e)
             verdicts.append(Verdict(cand.host, discovery_port, "relay discovery", status,
                                     explain(status, cand.host, discovery_port, via_relay=False)))
+            best, best_route = await _well_known(cand.host, route, timeout, verdicts, sit.notes)
             continue
         routes_by_host[cand.host] = [asdict(r) for r in answer.routes]
         verdicts.append(Verdict(cand.host, discovery_port, "relay discovery", "ok",
@@ -287,6 +288,25 @@ async def discover(facts: Facts, *, host: Optional[str] = None, port: Optional[i
         if v.status == "ok" and best is None:
             best, best_route = v, chosen.name
     return Report(sit, verdicts, routes_by_host, best, best_route)
+
+
+async def _well_known(host: str, route: Optional[str], timeout: float, verdicts: List[Verdict],
+                      notes: List[str]):
+    """No discovery answer: probe the shipped relay.yaml's ports all at once (a firewall then costs
+    one timeout, not four). Returns (best verdict, route name) or (None, None)."""
+    ports = {n: p for n, p in discovery.WELL_KNOWN_PORTS.items() if route in (None, n)}
+    if not ports:
+        notes.append(f"no discovery answer, and route {route!r} has no well-known port: pass --port")
+        return None, None
+    notes.append(f"no discovery answer from {host}: tried the well-known relay port(s) "
+                 + ", ".join(str(p) for p in ports.values()))
+    found = await asyncio.gather(*(probe(host, p, timeout, f"well-known relay port ({n})", via_relay=True)
+                                   for n, p in ports.items()))
+    verdicts.extend(found)
+    for name, v in zip(ports, found):
+        if v.status == "ok":
+            return v, name
+    return None, None
 
 
 # ------------------------------------------------------------------------ reading the machine

@@ -1,6 +1,7 @@
 import asyncio
 import os
 import sys
+import tempfile
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -8,6 +9,11 @@ from hypothesis import HealthCheck, settings
 from relay import loops
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+# Relays started by the tests (in-process or as child processes, which inherit this) record
+# themselves in a folder of this run's own, never in the user's, so they see only each other.
+if not os.environ.get("TWS_RELAY_RUN_DIR"):
+    os.environ["TWS_RELAY_RUN_DIR"] = tempfile.mkdtemp(prefix="relay-test-run-")
 
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)

@@ -130,11 +130,15 @@ def test_status_and_doctor_with_a_running_relay(tmp_path, stand_in_tws):
         assert f"route tws-paper: listening  127.0.0.1:{ports['listen']}" in r.stdout and "(target up)" in r.stdout
         assert "client_id 9 v176" in r.stdout and "127.0.0.1:" in r.stdout
         doc = json.loads(run_cli("status", "--port", str(ports["status"]), "--json").stdout)
-        (conn,) = doc["routes"][0]["connections"]
+        (answer,) = doc["relays"]
+        assert answer["config"] == str(conf) and answer["pid"] == relay.proc.pid
+        (conn,) = answer["routes"][0]["connections"]
         assert conn["client_id"] == 9 and conn["peer"] == "127.0.0.1:%d" % bot.getsockname()[1]
         checked = run_cli("doctor", "--side", "host", "--config", str(conf))
-        assert checked.returncode == 0 and "[PASS] relay running" in checked.stdout
-        assert "in use by the running relay" in checked.stdout
+        assert checked.returncode == 0, checked.stdout
+        assert f"[PASS] relay running: pid {relay.proc.pid} serves this config" in checked.stdout
+        assert f"[PASS] tws-paper: relay port {ports['listen']}: tws-paper is listening there in the running relay" \
+            in checked.stdout
         wsl_side = run_cli("doctor", "--side", "wsl", "--host", "127.0.0.1", "--discovery-port", str(ports["discovery"]))
         assert wsl_side.returncode == 0, wsl_side.stdout
         assert f"[PASS] route tws-paper at 127.0.0.1:{ports['listen']}" in wsl_side.stdout
@@ -145,4 +149,4 @@ def test_status_and_doctor_with_a_running_relay(tmp_path, stand_in_tws):
 
 def test_status_without_a_relay_says_so():
     r = run_cli("status", "--port", str(free_port()))
-    assert r.returncode == 1 and "no relay answers" in r.stderr
+    assert r.returncode == 1 and "no running relay found" in r.stderr
