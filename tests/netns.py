@@ -11,8 +11,15 @@ import uuid
 import pytest
 
 
+class IpCommandFailed(RuntimeError):
+    """An `ip` command failed; the message carries its stderr."""
+
+
 def _ip(*args, check=True):
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+    r = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise IpCommandFailed(f"'ip {' '.join(args)}' failed (exit {r.returncode}): {r.stderr.strip()}")
+    return r
 
 
 def can_make_namespaces() -> str:
@@ -25,7 +32,13 @@ def can_make_namespaces() -> str:
     r = _ip("netns", "add", name, check=False)
     if r.returncode != 0:
         return f"'ip netns add' failed: {r.stderr.strip()}"
-    _ip("netns", "del", name, check=False)
+    try:
+        # entering needs a mount namespace of its own (fails e.g. in a chroot whose / is no mount point)
+        r = _ip("netns", "exec", name, "true", check=False)
+        if r.returncode != 0:
+            return f"'ip netns exec' failed: {r.stderr.strip()}"
+    finally:
+        _ip("netns", "del", name, check=False)
     return ""
 
 

@@ -155,10 +155,13 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         relay.kill()
 
 
-def test_second_signal_cuts_connections_at_once(tmp_path, echo_server):
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("first", ["SIGTERM", "SIGINT"])
+def test_second_signal_cuts_connections_at_once_without_a_traceback(tmp_path, echo_server, loop, first):
+    """Ctrl+C twice (or SIGTERM, then Ctrl+C): connections cut at once, exit 0, nothing but log lines."""
     (tmp_path / "relay.yaml").write_text(
         f"routes:\n  - name: paper\n    listen: 127.0.0.1:0\n    target: 127.0.0.1:{echo_server}\n"
-        "discovery_port: false\nstatus_port: false\nshutdown_grace: 60\n")
+        f"discovery_port: false\nstatus_port: false\nshutdown_grace: 60\nloop: {loop}\n")
     relay = RelayProcess(cwd=tmp_path)
     try:
         port = listen_port(relay.wait_line("listening"))
@@ -166,11 +169,26 @@ def test_second_signal_cuts_connections_at_once(tmp_path, echo_server):
         with socket.create_connection(("127.0.0.1", port)) as c:
             c.sendall(b"x")
             assert c.recv(1) == b"x"
-            relay.proc.send_signal(signal.SIGTERM)
+            relay.proc.send_signal(getattr(signal, first))
             relay.wait_line("draining")                    # would wait 60 s for the connection
             relay.proc.send_signal(signal.SIGINT)          # a second Ctrl+C: cut now
             assert relay.finish(timeout=5) == 0
-        assert "cutting connections now" in relay.wait_line("signal=SIGINT")
+        assert any("cutting connections now" in x for x in relay.lines)
         assert "connections_cut=1" in relay.wait_line("stopped")
+        assert f"loop={loop}" in relay.lines[0]
+        noise = [x for x in relay.lines if "Traceback" in x or "never retrieved" in x or "Error" in x]
+        assert not noise, "\n".join(relay.lines)
+        assert all(x[:4].isdigit() for x in relay.lines), "\n".join(relay.lines)   # every line a log line
     finally:
         relay.kill()
+
+
+def test_out_of_range_ports_and_check_without_a_file_say_what_is_wrong(tmp_path):
+    r = run_relay("serve", "--listen", "127.0.0.1:291010", "--target", "127.0.0.1:7497")
+    assert r.returncode == 2 and "--listen: port 291010 is out of range (0-65535)" in r.stderr, r.stderr
+    r = run_relay("serve", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:" + "9" * 5000)
+    assert r.returncode == 2 and "--target: port" in r.stderr and "out of range" in r.stderr
+    r = run_relay("check", cwd=tmp_path)
+    assert r.returncode == 2 and "no relay.yaml found" in r.stderr and "--listen" not in r.stderr
+    r = run_relay("serve", "--status-port", "17999", cwd=tmp_path)
+    assert r.returncode == 2 and "--status-port belong(s) to the one-route form" in r.stderr

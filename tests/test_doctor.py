@@ -150,3 +150,30 @@ def test_status_and_doctor_with_a_running_relay(tmp_path, stand_in_tws):
 def test_status_without_a_relay_says_so():
     r = run_cli("status", "--port", str(free_port()))
     assert r.returncode == 1 and "no running relay found" in r.stderr
+
+
+def test_doctor_passes_only_on_evidence_about_this_config(tmp_path, stand_in_tws):
+    """An unrelated relay is running: doctor says which pid and config answered, and a port passes
+    only when this config's route listens there (or it can be bound)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    other, other_ports = write_config(tmp_path / "a", stand_in_tws[0])
+    mine, my_ports = write_config(tmp_path / "b", stand_in_tws[0])
+    relay = Proc(RELAY + ["serve", "--config", str(other)])
+    try:
+        relay.wait_line("ready")
+        r = run_cli("doctor", "--side", "host", "--config", str(mine))
+        assert f"[WARN] relay running: no running relay serves {mine}; running: tws-relay pid {relay.proc.pid} " \
+               f"(config {other})" in r.stdout, r.stdout
+        assert f"relay port {my_ports['listen']}: 127.0.0.1:{my_ports['listen']} can be bound" in r.stdout
+        assert "listening there in the running relay" not in r.stdout
+        assert r.returncode == 0, r.stdout        # nothing is broken: the relay is just not started
+        # this config's route port is held by the other relay: a failure naming it
+        clash = tmp_path / "b" / "clash.yaml"
+        clash.write_text(mine.read_text().replace(str(my_ports["listen"]), str(other_ports["listen"])))
+        r = run_cli("doctor", "--side", "host", "--config", str(clash))
+        assert r.returncode == 1
+        assert f"[FAIL] tws-paper: relay port {other_ports['listen']}: held by another tws-relay pid " \
+               f"{relay.proc.pid} (config {other})" in r.stdout, r.stdout
+    finally:
+        relay.kill()

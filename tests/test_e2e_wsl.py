@@ -23,11 +23,11 @@ IBKR_CLIENT_ID=1
 
 DIRECT = """
 import socket, sys
-s = socket.create_connection((sys.argv[1], 7497), timeout=5)
-s.sendall(b"API\\0\\0\\0\\0\\tv157..178")
-try:
+try:   # the reset can come during connect, send or receive: each is the seed's error
+    s = socket.create_connection((sys.argv[1], 7497), timeout=5)
+    s.sendall(b"API\\0\\0\\0\\0\\tv157..178")
     print("answered" if s.recv(100) else "closed")
-except ConnectionResetError as e:
+except (ConnectionResetError, BrokenPipeError) as e:
     print("reset:", e)
 """
 

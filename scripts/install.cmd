@@ -1,0 +1,10 @@
+@echo off
+rem Install tws-relay into this checkout's virtual environment (.venv) and start it on .\relay.yaml.
+rem Arguments go to relay, e.g.  scripts\install.cmd check
+rem Afterwards the relay is .venv\Scripts\relay.exe (or activate: .venv\Scripts\activate).
+setlocal
+cd /d "%~dp0.."
+call "%~dp0_venv.cmd" || exit /b 1
+"%VENV_PY%" -m pip install -q --disable-pip-version-check . || exit /b 1
+"%VENV_PY%" -m relay %*
+exit /b %ERRORLEVEL%

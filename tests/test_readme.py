@@ -1,0 +1,78 @@
+"""The README's two commands are the ones CI runs, on every platform, and they fail helpfully."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(*path):
+    with open(os.path.join(ROOT, *path), encoding="utf-8") as f:
+        return f.read()
+
+
+def quick_start_blocks():
+    """{language: [command, ...]} of the code blocks in the README's 'Two commands' section."""
+    section = read("README.md").split("\n## Two commands\n", 1)[1].split("\n## ", 1)[0]
+    blocks = {}
+    for lang, body in re.findall(r"```(\w+)\n(.*?)```", section, re.S):
+        blocks[lang] = [line.split("#", 1)[0].strip() for line in body.splitlines()
+                        if line.split("#", 1)[0].strip()]
+    return blocks
+
+
+def test_readme_quick_start_is_what_ci_runs_on_each_platform():
+    blocks = quick_start_blocks()
+    assert blocks["sh"] == ["scripts/install", "scripts/test"]
+    assert blocks["powershell"] == ["scripts\\install.cmd", "scripts\\test.cmd"]
+    ci = read(".ci", "run")
+    for command in blocks["sh"]:
+        assert re.search(rf"^\s*(\S+=\S+ )*{command}\b", ci, re.M), f"{command} is not run by .ci/run"
+        assert os.access(os.path.join(ROOT, command), os.X_OK)
+    assert "PATH=/usr/bin:$PATH" in ci            # Debian's externally managed python3, as in WSL
+    for command in blocks["powershell"]:
+        assert os.path.isfile(os.path.join(ROOT, *command.split("\\")))
+
+
+def pip_target_and_command(text):
+    target = re.search(r'-m pip install -q --disable-pip-version-check (.+?)(?: \|\||$)', text, re.M).group(1)
+    command = re.search(r'VENV_PY%?"? -m (relay|pytest) ', text).group(1)
+    return target.strip(), command
+
+
+@pytest.mark.parametrize("name", ["install", "test"])
+def test_windows_scripts_do_what_the_bash_scripts_do(name):
+    """No Windows here: the .cmd twins are held to the bash scripts line by line."""
+    bash, cmd = read("scripts", name), read("scripts", name + ".cmd")
+    assert pip_target_and_command(bash) == pip_target_and_command(cmd)
+    assert ". scripts/_venv" in bash and 'call "%~dp0_venv.cmd"' in cmd
+    for venv in (read("scripts", "_venv"), read("scripts", "_venv.cmd")):
+        assert ".venv" in venv and "RELAY_VENV" in venv and "PYTHON" in venv
+    assert "--break-system-packages" not in bash + cmd and "sudo pip" not in bash + cmd
+
+
+def test_install_without_venv_module_stops_with_the_package_to_install(tmp_path):
+    """Debian/Ubuntu without python3-venv lack ensurepip: the script names the exact package and
+    leaves nothing half made. A real interpreter, with ensurepip shadowed by one that fails."""
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    shadow = tmp_path / "shadow" / "ensurepip"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('ensurepip is not available')\n")
+    venv = tmp_path / "venv"
+    version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "install")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHON": python, "RELAY_VENV": str(venv),
+                            "PYTHONPATH": str(tmp_path / "shadow")})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"sudo apt install python{version}-venv" in r.stderr
+    assert "Traceback" not in r.stderr and not venv.exists()
+
+
+def test_install_with_a_missing_interpreter_says_so(tmp_path):
+    r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "test")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHON": "python3-that-does-not-exist", "RELAY_VENV": str(tmp_path / "v")})
+    assert r.returncode == 1 and "'python3-that-does-not-exist' not found" in r.stderr
