@@ -49,6 +49,8 @@ def test_one_route_relays_side_by_side_are_all_found_from_wsl_without_flags():
 
             # 2. Two one-route relays on ports nobody would guess, every other flag at its default.
             first = win(*RELAY, "serve", "--listen", f"{net.win_ip}:24001", "--target", "127.0.0.1:7497")
+            at_start = first.wait_line("discovery-listening")
+            assert at_start.split(" INFO    ")[1] == f"discovery-listening listen={net.win_ip}:17400 routes=tws-paper"
             first.wait_line("ready")
             second = win(*RELAY, "serve", "--listen", f"{net.win_ip}:24002", "--target", "127.0.0.1:4002")
             held = f"another tws-relay (pid {first.proc.pid}, config command line)"
@@ -73,7 +75,8 @@ def test_one_route_relays_side_by_side_are_all_found_from_wsl_without_flags():
 
             # 3. The relay holding the discovery port stops: the other takes it over by itself.
             stop(first)
-            assert f"listen={net.win_ip}:17400" in second.wait_line("discovery-listening", timeout=10)
+            taken = second.wait_line("discovery-listening", timeout=10)    # same line as at start
+            assert taken.split(" INFO    ")[1] == f"discovery-listening listen={net.win_ip}:17400 routes=gateway-paper"
             after = in_wsl("discover", "--json")
             assert after.returncode == 0, after.stdout
             assert json.loads(after.stdout)["routes"][net.win_ip] == [
