@@ -271,7 +271,7 @@ def _wsl_options(f):
 
 
 def _discover(host, port, route, discovery_port, timeout):
-    from . import wsl as wslmod
+    from .wsl import discover as wslmod
     facts = wslmod.gather_facts()
     return asyncio.run(wslmod.discover(facts, host=host, port=port, discovery_port=discovery_port,
                                        route=route, timeout=timeout))
@@ -325,7 +325,7 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
                   dry_run, no_verify) -> None:
     """Write the working host and port into the bot's .env (or YAML) file, keeping everything else."""
     import difflib
-    from . import envfile
+    from .wsl import envfile
     if bool(env_path) == bool(yaml_path):
         fail("give exactly one of --env PATH or --yaml PATH")
     path = env_path or yaml_path

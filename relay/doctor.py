@@ -17,7 +17,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import config as cfg, hostnet, registry, wsl
+from . import config as cfg, hostnet, registry
+from .wsl import discover as wsl
 from .discovery import DEFAULT_PORT as DISCOVERY_PORT, fetch_status, target_up
 
 PASS, WARN, FAIL, INFO = "pass", "warn", "fail", "info"

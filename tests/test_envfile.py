@@ -6,7 +6,7 @@ import pytest
 import yaml
 from hypothesis import assume, given, settings, strategies as st
 
-from relay import envfile
+from relay.wsl import envfile
 
 UPD = {"IBKR_HOST_IP": "172.24.32.1", "IBKR_PORT": "17497"}
 

@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 from fake_tws import FakeTws
 from helpers import Backend, echo, start_relay
-from relay import discovery, wsl
+from relay import discovery
+from relay.wsl import discover as wsl
 from relay.config import Endpoint
 
 # /proc/net/route as WSL2 NAT mode shows it: default via 172.31.250.1 (01FA1FAC little-endian)

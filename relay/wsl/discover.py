@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional
 
-from . import discovery, tws
+from .. import discovery, tws
 
 DNS_STUB = "10.255.255.254"   # WSL's DNS-tunneling stub, on WSL's own loopback: never Windows
 ENV_HOST = "TWS_RELAY_HOST"
