@@ -3,6 +3,7 @@
 backends, same C load generator (bench/loadgen.c). Prints a table and each proxy's ratio to HAProxy.
 
     python3 bench/compare.py [--quick] [--only direct,relay-uvloop,...]
+    python3 bench/compare.py --two-hop          (the WSL path: forwarder + relay vs relay alone)
 
 Needs gcc, socat and haproxy (apt-get install socat haproxy). Traffic stays on 127.0.0.1.
 Rows: ping-pong round trip p50/p99 (128-byte messages, one connection); 200 concurrent connections
@@ -242,11 +243,55 @@ def tws_overhead(rounds=7):
               f"{change:+.1f}% {'(better)' if change >= 0 else '(worse)'} |")
 
 
+def two_hop(rounds=7):
+    """The WSL path's cost: a bot in WSL talking to 127.0.0.1:7497 crosses the forwarder and then
+    the Windows relay. Ping-pong round trips direct, through the relay alone, and through forwarder
+    + relay (both on uvloop, default settings), interleaved, median of `rounds`."""
+    backend = subprocess.Popen([LOADGEN, "echo", str(ECHO)], stdout=subprocess.DEVNULL)
+    procs = []
+    try:
+        wait_port(ECHO)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "TWS_RELAY_RUN_DIR": tmp}    # this bench's relays see only each other
+            # the "Windows" relay: route tws-paper on P_ECHO, its discovery answer on 127.0.0.1:17400
+            procs.append(subprocess.Popen([sys.executable, "-m", "relay", "serve", "--listen", f"127.0.0.1:{P_ECHO}",
+                                           "--target", f"127.0.0.1:{ECHO}", "--name", "tws-paper", "--status-port",
+                                           "off", "--log-level", "warning"], cwd=ROOT, env=env))
+            wait_port(P_ECHO)
+            wait_port(17400)
+            # the WSL forwarder: 127.0.0.1:7497 -> the relay's tws-paper port
+            procs.append(subprocess.Popen([sys.executable, "-m", "relay", "wsl", "forward", "--host", "127.0.0.1",
+                                           "--status-port", "off", "--log-level", "warning"], cwd=ROOT, env=env))
+            wait_port(7497)
+            paths = {"direct": ECHO, "relay (one hop)": P_ECHO, "forwarder + relay (two hops)": 7497}
+            samples = {name: {"p50_us": [], "p99_us": []} for name in paths}
+            for _ in range(rounds):
+                for name, port in paths.items():
+                    pp = loadgen("pingpong", port, 128, 20000)
+                    samples[name]["p50_us"].append(pp["p50_us"])
+                    samples[name]["p99_us"].append(pp["p99_us"])
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+        backend.kill()
+    med = {n: {k: sorted(v)[len(v) // 2] for k, v in rows.items()} for n, rows in samples.items()}
+    print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, 128-byte ping-pong, "
+          f"median of {rounds} interleaved rounds, all on 127.0.0.1\n")
+    print("| path | p50 (us) | p99 (us) | p50 added vs direct | p50 added vs one hop |\n|---|---|---|---|---|")
+    for name in paths:
+        m = med[name]
+        print(f"| {name} | {m['p50_us']:.1f} | {m['p99_us']:.1f} | {m['p50_us'] - med['direct']['p50_us']:+.1f} | "
+              f"{m['p50_us'] - med['relay (one hop)']['p50_us']:+.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
     ap.add_argument("--tws-overhead", action="store_true",
                     help="only compare TWS awareness on vs off (ping-pong and bulk, handshake first)")
+    ap.add_argument("--two-hop", action="store_true",
+                    help="only the WSL path: direct vs relay vs forwarder + relay (ping-pong latency)")
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
     args = ap.parse_args()
     for tool in ("gcc", "socat", "haproxy"):
@@ -257,6 +302,9 @@ def main():
     build_loadgen()
     if args.tws_overhead:
         tws_overhead()
+        return
+    if args.two_hop:
+        two_hop()
         return
     names = args.only.split(",") if args.only else list(CONTENDERS)
     backends = [subprocess.Popen([LOADGEN, mode, str(port)], stdout=subprocess.DEVNULL)

@@ -92,7 +92,9 @@ def route_name_for(target_port: int) -> str:
     return {p: n for n, p in tws.DEFAULT_PORTS.items()}.get(target_port, f"to-{target_port}")
 
 
-async def _serve(config: cfg.Config) -> int:
+async def _serve(make) -> int:
+    """Start the service `make()` builds (a Relay, or the WSL forwarder), run until a signal, stop
+    it gracefully; a second signal cuts the open connections at once."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals_seen: List[str] = []
@@ -103,12 +105,12 @@ async def _serve(config: cfg.Config) -> int:
               action="stopping" if len(signals_seen) == 1 else "cutting connections now")
         stop.set()
 
-    relay = Relay(config)
-    await relay.start()
+    service = await make()
+    await service.start()
     _install_signals(loop, on_signal)
-    event(log, logging.INFO, "ready", routes=len(relay.routes))
+    event(log, logging.INFO, "ready", routes=len(service.routes))
     await stop.wait()
-    shutdown = asyncio.ensure_future(relay.shutdown())
+    shutdown = asyncio.ensure_future(service.shutdown())
     while not shutdown.done():   # a second signal skips the grace period
         seen = len(signals_seen)
         stop.clear()
@@ -118,15 +120,18 @@ async def _serve(config: cfg.Config) -> int:
         if len(signals_seen) > seen and not shutdown.done():
             shutdown.cancel()
             await asyncio.gather(shutdown, return_exceptions=True)
-            shutdown = asyncio.ensure_future(relay.shutdown(grace=0))
+            shutdown = asyncio.ensure_future(service.shutdown(grace=0))
     cut = shutdown.result()
     event(log, logging.INFO, "stopped", connections_cut=cut)
     return EXIT_OK
 
 
-def run(config: cfg.Config, loop_choice: str, source_note: str) -> int:
-    s = config.settings
-    setup_logging(s.log_level, s.log_format)
+class CannotStart(Exception):
+    """The service could not start; the message says why (exit 1)."""
+
+
+def run(settings: cfg.Settings, loop_choice: str, source_note: str, make) -> int:
+    setup_logging(settings.log_level, settings.log_format)
     try:
         name, why = loops.choose(loop_choice, sys.platform, loops.installed_versions())
     except loops.LoopError as e:
@@ -135,10 +140,13 @@ def run(config: cfg.Config, loop_choice: str, source_note: str) -> int:
     loop = loops.factory(name)()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(config))
+        return loop.run_until_complete(_serve(make))
     except BindError as e:
         event(log, logging.ERROR, "cannot-start", error=str(e))
         return EXIT_USAGE
+    except CannotStart as e:
+        event(log, logging.ERROR, "cannot-start", error=str(e))
+        return EXIT_FAIL
     except KeyboardInterrupt:   # Windows delivers Ctrl+C here if the handler was not yet set
         return EXIT_OK
     finally:
@@ -221,7 +229,10 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
         config, source_note = _load(config_path)
     config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks,
                               log_format=log_format, log_level=log_level)
-    sys.exit(run(config, loop_choice or config.settings.loop, source_note))
+
+    async def make():
+        return Relay(config)
+    sys.exit(run(config.settings, loop_choice or config.settings.loop, source_note, make))
 
 
 @main.command()
@@ -255,7 +266,7 @@ def _load(config_path: Optional[str], one_route_hint: bool = True) -> Tuple[cfg.
 
 @main.group()
 def wsl() -> None:
-    """The WSL side: find Windows, prove the path to TWS, rewrite the bot's config."""
+    """The WSL side: find Windows, prove the path to TWS, forward 127.0.0.1:7497 or rewrite the bot's config."""
 
 
 def _wsl_options(f):
@@ -367,6 +378,78 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
     click.echo(f"{path}: {hk}={new_host} {pk}={new_port}{kept}")
 
 
+@wsl.command("forward")
+@click.option("--host", help="The Windows host (skips discovery; also $TWS_RELAY_HOST).")
+@click.option("--route", "routes", multiple=True, metavar="NAME",
+              help="Forward only this route of the relay (repeatable). Default: all of them.")
+@click.option("--discovery-port", type=click.IntRange(1, 65535), default=discovery.DEFAULT_PORT, show_default=True,
+              help="The Windows relay's discovery port.")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
+              help="Seconds per connection attempt while looking for Windows.")
+@click.option("--status-port", type=PortOrOff(), default=str(STATUS_PORT), show_default=True,
+              help="Port of the forwarder's local status answer (`relay status`); 'off' turns it off.")
+@click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default="auto", show_default=True)
+@click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default="info", show_default=True)
+def wsl_forward(host, routes, discovery_port, timeout, status_port, loop_choice, log_format, log_level) -> None:
+    """Let bots in WSL connect to 127.0.0.1:7497 (TWS's own ports) unchanged.
+
+    \b
+    Listens on 127.0.0.1 inside WSL at TWS's port for each route of the Windows relay
+    (tws-paper 7497, tws-live 7496, gateway-live 4001, gateway-paper 4002; any other route: its
+    target's port) and relays to the Windows relay's port for it. While a route is down on Windows
+    the local port refuses at once; when Windows moves, it follows. Ctrl+C stops it.
+    In mirrored networking mode it says that none is needed and exits.
+    """
+    from .wsl import discover as wslmod, forward
+    facts = wslmod.gather_facts()
+    sit = wslmod.situation(facts, host)
+    if sit.mode == "mirrored" and sit.candidates[0].source == "mirrored mode":
+        verdicts = asyncio.run(_probe_tws_ports("127.0.0.1", timeout))
+        code, lines = forward.mirrored_verdict(verdicts)
+        for line in lines:
+            click.echo(line)
+        sys.exit(code)
+    settings = cfg.Settings(status_port=status_port, log_level=log_level, log_format=log_format)
+
+    async def make():
+        located = await forward.locate(facts, host, discovery_port, timeout)
+        if located is None:
+            raise CannotStart("no candidate address for Windows (no default route): pass --host")
+        try:
+            return forward.Forwarder(located, routes, settings,
+                                     lambda: forward.locate(wslmod.gather_facts(), host, discovery_port, timeout))
+        except forward.PlanError as e:
+            raise CannotStart(str(e)) from None
+    sys.exit(run(settings, loop_choice, forward.SOURCE, make))
+
+
+@wsl.command("autostart")
+@click.option("--route", "routes", multiple=True, metavar="NAME", help="Forward only these routes (repeatable).")
+@click.option("--remove", is_flag=True, help="Undo it: disable and remove the unit, or the ~/.profile block.")
+@click.option("--dry-run", is_flag=True, help="Print what would be written and run; change nothing.")
+def wsl_autostart(routes, remove, dry_run) -> None:
+    """Start `relay wsl forward` at every WSL login.
+
+    With systemd (WSL's default on current distros): a user unit running this Python's relay,
+    enabled and started now. Without it: a block in ~/.profile that starts the forwarder at login.
+    """
+    from .wsl import autostart, envfile
+    try:
+        done = autostart.remove(dry_run=dry_run) if remove else autostart.install(
+            tuple(a for r in routes for a in ("--route", r)), dry_run=dry_run)
+    except (OSError, envfile.FileRefused) as e:
+        fail(f"{e}; nothing else was changed")
+    for line in done:
+        click.echo(line.rstrip("\n"))
+
+
+async def _probe_tws_ports(host: str, timeout: float):
+    from .wsl import discover as wslmod
+    return list(await asyncio.gather(*(wslmod.probe(host, p, timeout, f"TWS port ({n})", via_relay=False)
+                                       for n, p in tws.DEFAULT_PORTS.items())))
+
+
 # ------------------------------------------------------------------------------ status, doctor
 
 @main.command()
@@ -399,8 +482,9 @@ def status(port, as_json) -> None:
                        f"{len(r['connections'])} connection(s)")
             for c in r["connections"]:
                 who = f"client_id {c['client_id']} v{c['server_version']}" if c.get("client_id") is not None else "-"
+                process = f"  is `{c['command']}` (pid {c['pid']})" if c.get("pid") else ""
                 click.echo(f"      {c['peer']:<22} {who:<22} up {c['bytes_up']} B  down {c['bytes_down']} B  "
-                           f"age {c['age']} s")
+                           f"age {c['age']} s{process}")
 
 
 @main.command()

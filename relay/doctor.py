@@ -22,6 +22,7 @@ from .wsl import discover as wsl
 from .discovery import DEFAULT_PORT as DISCOVERY_PORT, fetch_status, target_up
 
 PASS, WARN, FAIL, INFO = "pass", "warn", "fail", "info"
+STATUS_PORT = cfg.Settings().status_port
 
 
 @dataclass
@@ -212,6 +213,25 @@ async def wsl_checks(host: Optional[str], route: Optional[str], discovery_port: 
         checks.append(Check(f"{v.what} at {v.host}:{v.port}", PASS if v.status == "ok" else FAIL, v.detail))
     if report.best is None and sit.candidates:
         checks.append(Check("path to TWS", FAIL, "no working path found", "see the failed checks above"))
+    checks += forwarder_checks(await running_relays([STATUS_PORT]))
+    return checks
+
+
+def forwarder_checks(relays: List[dict]) -> List[Check]:
+    """Whether `relay wsl forward` runs here, and what each of its routes is doing."""
+    from .wsl.forward import SOURCE
+    forwarders = [d for d in relays if str(d.get("config", "")).startswith(SOURCE)]
+    if not forwarders:
+        return [Check("forwarder", INFO, "no `relay wsl forward` runs here: bots must use the relay's address "
+                      "(`relay wsl configure`)", "for bots that say 127.0.0.1:7497, start `relay wsl forward`")]
+    checks = []
+    for d in forwarders:
+        routes = d.get("routes", [])
+        served = ", ".join(f"{r['name']} {r['listen']} ({r['state']})" for r in routes)
+        down = [r for r in routes if r["state"] != "listening"]
+        checks.append(Check("forwarder", WARN if down else PASS, f"pid {d.get('pid')} serves {served}",
+                            "a route not listening: its TWS is down on Windows (target-down), or its local port is "
+                            "taken (bind-failed: see `relay status`)" if down else ""))
     return checks
 
 

@@ -91,6 +91,24 @@ def port_owner(port: int) -> Optional[Tuple[int, str]]:
     return None
 
 
+def local_process(ip: str, port: int, server_port: int, connections=None, describe=None) -> Optional[Tuple[int, str]]:
+    """(pid, command line) of the local process whose socket ip:port is connected to our
+    `server_port`, where the OS tells (same user, or root); else None. `connections` and `describe`
+    default to psutil's answers (tests pass recorded ones)."""
+    try:
+        import psutil
+        conns = psutil.net_connections(kind="tcp") if connections is None else connections
+        for c in conns:
+            if c.laddr and (c.laddr[0], c.laddr[1]) == (ip, port) and c.raddr and c.raddr[1] == server_port and c.pid:
+                if describe is not None:
+                    return c.pid, describe(c.pid)
+                argv = psutil.Process(c.pid).cmdline()
+                return c.pid, " ".join(argv)[:200] or psutil.Process(c.pid).name()
+    except Exception:   # access denied, process gone: the name is a bonus
+        return None
+    return None
+
+
 def bind_hint(err: OSError, host: str, port: int) -> str:
     """One sentence saying what a failed bind of a route most likely means and what to do."""
     code = getattr(err, "winerror", None) or err.errno

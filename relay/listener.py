@@ -20,6 +20,10 @@ log = logging.getLogger("relay")
 class BindError(Exception):
     """A route could not listen; the message says why and what to do."""
 
+    def __init__(self, message: str, os_error: Optional[OSError] = None):
+        super().__init__(message)
+        self.os_error = os_error
+
 
 class ClientIds:
     """Which connection holds which clientId, per target (one TWS session serves one target)."""
@@ -65,6 +69,8 @@ class RouteServer:
         self.host: Optional[str] = None          # the address this route lives on now (None: no adapter)
         self.target_up: Optional[bool] = None    # as last checked (None: not checked)
         self.on_target_failure = on_target_failure or (lambda: None)
+        self.bind_hint = hostnet.bind_hint   # what a failed bind means here (the WSL side says it otherwise)
+        self.identify = False                # name the local process behind each (loopback) client
 
     async def start(self) -> None:
         """Bind the configured fixed address now (a bad address fails the start: exit 2)."""
@@ -77,7 +83,7 @@ class RouteServer:
             server = await loop.create_server(lambda: Splice(self).client, host, port,
                                               backlog=sockopts.BACKLOG, start_serving=True)
         except OSError as e:
-            raise BindError(f"route {self.route.name}: {hostnet.bind_hint(e, host, port)}") from None
+            raise BindError(f"route {self.route.name}: {self.bind_hint(e, host, port)}", e) from None
         self.server = server
         self.host = host
         if self.inherit:
@@ -166,7 +172,29 @@ class RouteServer:
         self.active[splice] = None
         self.idle.clear()
         event(log, logging.INFO, "open", route=self.route.name, peer=splice.peer, target=str(self.route.target))
+        if self.identify:
+            self._identify(splice, ip, port)
         return True
+
+    def _identify(self, splice: Splice, ip: str, port: int) -> None:
+        """Find the local process behind a client (a /proc scan: off the event loop), then log it
+        with the clientId once both are known."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(None, hostnet.local_process, ip, port, self.address.port)
+
+        def done(f: asyncio.Future) -> None:
+            found = None if f.cancelled() or f.exception() else f.result()
+            if found is None or splice.finished:
+                return
+            splice.process = found
+            if splice.client_id is not None:
+                self._log_client(splice)
+        future.add_done_callback(done)
+
+    def _log_client(self, splice: Splice) -> None:
+        pid, command = splice.process
+        event(log, logging.INFO, "api-client", route=self.route.name, peer=splice.peer, client_id=splice.client_id,
+              pid=pid, command=command)
 
     def tune(self, transport: asyncio.BaseTransport, accepted: bool) -> None:
         if accepted and self.inherit:
@@ -202,6 +230,8 @@ class RouteServer:
             splice.client_id = ev.client_id
             event(log, logging.INFO, "api-start", route=self.route.name, peer=splice.peer,
                   client_id=ev.client_id, server_version=splice.server_version)
+            if splice.process is not None:
+                self._log_client(splice)
             holder = self.client_ids.claim(str(self.route.target), ev.client_id, splice)
             if holder is not None:
                 rejecting = self.settings.reject_duplicate_client_id
@@ -242,13 +272,15 @@ class Relay:
     supervisor that follows adapters and target health."""
 
     def __init__(self, config: Config, if_addrs: Optional[dict] = None, platform: str = sys.platform,
-                 run_dir: Optional[str] = None):
+                 run_dir: Optional[str] = None, fatal_binds: bool = True):
         self.config = config
+        self.fatal_binds = fatal_binds    # False: a route that cannot listen is reported and retried
         s = config.settings
         opts = sockopts.plan(platform, s.keepalive, s.user_timeout)
         inherit = sockopts.inherited_by_accepted_sockets(platform)
         self.client_ids = ClientIds()
         self.wake = asyncio.Event()
+        self.ticking = asyncio.Lock()     # one look at the world at a time (two could bind twice)
         self.supervisor: Optional[asyncio.Task] = None
         self.started = time.time()
         self.run_dir = run_dir            # None: the user's default run folder
@@ -297,7 +329,12 @@ class Relay:
         try:
             for r in self.routes:
                 if r.route.interface is None:
-                    await r.start()
+                    try:
+                        await r.start()
+                    except BindError as e:
+                        if self.fatal_binds:
+                            raise
+                        r.set_state("bind-failed", error=str(e), note="retrying; the other routes are not affected")
         except BindError:
             self.stop_accepting()
             raise
@@ -375,6 +412,10 @@ class Relay:
                 log.exception("supervisor tick failed")
 
     async def tick(self) -> None:
+        async with self.ticking:
+            await self._tick()
+
+    async def _tick(self) -> None:
         s = self.config.settings
         adapters: Dict[str, Optional[hostnet.Adapter]] = {}
         if any(r.route.interface for r in self.routes):
@@ -441,6 +482,8 @@ class Relay:
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
                            "connections": [{"peer": sp.peer, "client_id": sp.client_id,
+                                            "pid": sp.process[0] if sp.process else None,
+                                            "command": sp.process[1] if sp.process else None,
                                             "server_version": sp.server_version, "bytes_up": sp.client.nbytes,
                                             "bytes_down": sp.upstream.nbytes, "age": round(now - sp.started, 1)}
                                            for sp in r.active]}

@@ -101,7 +101,7 @@ class Splice:
     """One client connection and its upstream connection."""
 
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
-                 "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version",
+                 "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
                  "__weakref__")
 
     def __init__(self, route: "RouteServer"):
@@ -120,6 +120,7 @@ class Splice:
         self.finished = False
         self.client_id: Optional[int] = None
         self.server_version: Optional[int] = None
+        self.process: Optional[tuple] = None      # (pid, command line) of a local client, when known
         self.handshake: Optional[tws.Handshake] = None
         if route.settings.tws_aware:
             self.handshake = tws.Handshake()
