@@ -483,8 +483,10 @@ def status(port, as_json) -> None:
             for c in r["connections"]:
                 who = f"client_id {c['client_id']} v{c['server_version']}" if c.get("client_id") is not None else "-"
                 process = f"  is `{c['command']}` (pid {c['pid']})" if c.get("pid") else ""
-                click.echo(f"      {c['peer']:<22} {who:<22} up {c['bytes_up']} B  down {c['bytes_down']} B  "
-                           f"age {c['age']} s{process}")
+                click.echo(f"      {c['peer']:<22} {who:<22} {c.get('phase') or '':<10} up {c['bytes_up']} B  "
+                           f"down {c['bytes_down']} B  age {c['age']} s{process}")
+                if c.get("reason"):
+                    click.echo(f"          why: {c['reason']}")
 
 
 @main.command()

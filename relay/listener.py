@@ -70,6 +70,8 @@ class RouteServer:
         self.target_up: Optional[bool] = None    # as last checked (None: not checked)
         self.on_target_failure = on_target_failure or (lambda: None)
         self.bind_hint = hostnet.bind_hint   # what a failed bind means here (the WSL side says it otherwise)
+        self.suspect_wedged = False          # a real session got no version reply: check with the handshake
+        self.wedged_saw: Optional[str] = None
         self.identify = False                # name the local process behind each (loopback) client
 
     async def start(self) -> None:
@@ -116,8 +118,9 @@ class RouteServer:
             level = logging.ERROR if state == "bind-failed" else logging.WARNING
             event(log, level, state, route=self.route.name, **fields)
 
-    async def reconcile(self, host: Optional[str], up: bool, adapter: Optional[hostnet.Adapter] = None) -> None:
-        """Make the listener match the world: listen on `host` while the target is up."""
+    async def reconcile(self, host: Optional[str], target: str, adapter: Optional[hostnet.Adapter] = None) -> None:
+        """Make the listener match the world: listen on `host` while the target is 'up' (not 'down'
+        or 'wedged')."""
         if host is None:
             self.stop_accepting()
             if self.host is not None:
@@ -138,11 +141,20 @@ class RouteServer:
             allow = tuple(hostnet.adapter_default_allow(adapter))
             if allow != self.allow:
                 self.allow, self.verdicts = allow, {}
-        if not up:
+        if target == "wedged":
+            self.stop_accepting()        # as for a downed target: refused at once, not a 4 s hang
+            self.set_state("target-wedged", target=str(self.route.target),
+                           saw=self.wedged_saw or f"it accepts connections but sent no API version reply within "
+                                                  f"{tws.REPLY_TIMEOUT:g} s",
+                           note="not listening until TWS answers the API again; restart TWS / IB Gateway if it "
+                                "stays so")
+            return
+        if target != "up":
             self.stop_accepting()        # a client now gets "connection refused" at once
             self.set_state("target-down", target=str(self.route.target),
                            note="not listening until it answers again")
             return
+        self.suspect_wedged, self.wedged_saw = False, None
         if self.server is None:
             try:
                 await self.bind(host)
@@ -226,6 +238,18 @@ class RouteServer:
     def tws_event(self, splice: Splice, ev: object) -> None:
         if isinstance(ev, tws.ServerHello):
             splice.server_version = ev.version
+            if self.state == "target-wedged" and self.server is not None:   # checks off: listening throughout
+                self.suspect_wedged, self.wedged_saw = False, None
+                self.set_state("listening", listen=str(self.address))
+                event(log, logging.INFO, "target-answers", route=self.route.name, target=str(self.route.target))
+        elif isinstance(ev, tws.ApiReady):
+            splice.phase = "api-ready"
+            event(log, logging.INFO, "api-ready", route=self.route.name, peer=splice.peer, client_id=splice.client_id,
+                  server_version=splice.server_version, accounts=ev.accounts)
+        elif isinstance(ev, tws.ApiRefused):
+            splice.phase, splice.reason = "refused", f"TWS error {ev.code}: {ev.text}"
+            event(log, logging.WARNING, "api-refused", route=self.route.name, peer=splice.peer,
+                  client_id=splice.client_id, code=ev.code, text=ev.text)
         elif isinstance(ev, tws.StartApi):
             splice.client_id = ev.client_id
             event(log, logging.INFO, "api-start", route=self.route.name, peer=splice.peer,
@@ -237,17 +261,33 @@ class RouteServer:
                 rejecting = self.settings.reject_duplicate_client_id
                 event(log, logging.WARNING, "client-id-clash", route=self.route.name, client_id=ev.client_id,
                       peer=splice.peer, held_by=holder.peer,
-                      action="answered with error 326 and closed" if rejecting else
-                      "passed on; TWS will refuse or time out the newcomer")
+                      action=f"answered with error 326 ({tws.error_form(splice.server_version)}) and closed"
+                      if rejecting else "passed on; TWS will refuse or time out the newcomer")
                 if rejecting:
                     splice.reject_client_id()
         elif isinstance(ev, tws.NotTws):
             event(log, logging.DEBUG, "not-tws", route=self.route.name, peer=splice.peer, side=ev.side,
                   reason=ev.reason)
 
+    def no_version_reply(self, splice: Splice) -> None:
+        """A real session's hello got no version reply in time: TWS looks wedged. With target
+        checks the next check (now) uses the handshake and stops the route while it stays so."""
+        if self.suspect_wedged or self.state == "target-wedged":
+            return
+        self.suspect_wedged = True
+        self.wedged_saw = (f"the API hello of {splice.peer} got no version reply from {self.route.target} within "
+                           f"{tws.REPLY_TIMEOUT:g} s, though the connection was accepted")
+        if self.settings.target_check == "off":
+            self.set_state("target-wedged", target=str(self.route.target), saw=self.wedged_saw,
+                           note="still listening (target_check is off); clears when TWS answers a bot again")
+        else:
+            self.on_target_failure()
+
     def finished(self, splice: Splice) -> None:
         if splice not in self.active:
             return   # refused before it was admitted; already logged
+        if splice.phase == "hello" and splice.hello_seen:
+            self._refused_silently(splice)
         del self.active[splice]
         if not self.active:
             self.idle.set()
@@ -258,6 +298,27 @@ class RouteServer:
         event(log, logging.INFO, "close", route=self.route.name, peer=splice.peer,
               bytes_up=splice.client.nbytes, bytes_down=splice.upstream.nbytes,
               duration=round(splice.duration, 3), closed_by=splice.closed_by or "?", **fields)
+
+    def _refused_silently(self, splice: Splice) -> None:
+        """The session ended after TWS's version reply but before TWS settled it: say the likely causes."""
+        id_text = f"clientId {splice.client_id}" if splice.client_id is not None else "the clientId"
+        by_tws = bool(splice.closed_by) and splice.closed_by.startswith("upstream")
+        if splice.server_version is None:
+            if not by_tws:
+                return      # the bot gave up waiting for the version reply: the wedge timer speaks of that
+            why = ("TWS accepted the connection and closed it before answering the API handshake: the API is not "
+                   "enabled on that port (Configure > API > Settings), or this is not TWS's API port")
+        elif splice.client_id is None:
+            why = "the bot left before sending startApi"
+        elif by_tws:
+            why = (f"TWS closed the session after startApi without a message: {id_text} already in use, or the "
+                   f"API is not enabled for this port (Configure > API > Settings)")
+        else:
+            why = (f"TWS stayed silent after startApi until the bot gave up: an 'accept incoming connection?' "
+                   f"dialog may be waiting on the Windows desktop, or {id_text} is already in use")
+        splice.phase, splice.reason = "refused", why
+        event(log, logging.WARNING, "api-refused", route=self.route.name, peer=splice.peer, client_id=splice.client_id,
+              reason=why)
 
     def _refuse(self, reason: str, peer: str, key: object = None, **fields) -> None:
         ok, suppressed = self.refusals.allow((reason, key))
@@ -423,17 +484,17 @@ class Relay:
             for r in self.routes:
                 if r.route.interface and r.route.interface not in adapters:
                     adapters[r.route.interface] = hostnet.find_adapter(r.route.interface, addrs, stats)
-        if s.target_check == "off":
-            ups = [True] * len(self.routes)
-        else:
-            ups = await asyncio.gather(*(check_target(r.route.target, s.target_check) for r in self.routes))
-        for r, up in zip(self.routes, ups):
-            r.target_up = up if s.target_check != "off" else None
+        # a route a real session found wedged is checked with the handshake until TWS answers again
+        hows = ["handshake" if r.suspect_wedged else s.target_check for r in self.routes]
+        states = await asyncio.gather(*(check_target(r.route.target, how) if how != "off" else _up()
+                                        for r, how in zip(self.routes, hows)))
+        for r, how, state in zip(self.routes, hows, states):
+            r.target_up = (state == "up") if how != "off" else None
             if r.route.interface:
                 adapter = adapters[r.route.interface]
-                await r.reconcile(adapter.address if adapter else None, up, adapter)
+                await r.reconcile(adapter.address if adapter else None, state, adapter)
             else:
-                await r.reconcile(r.route.listen.host, up)
+                await r.reconcile(r.route.listen.host, state)
         for server, routes in self.discovery:
             if routes[0].route.interface:
                 adapter = adapters.get(routes[0].route.interface)
@@ -482,6 +543,7 @@ class Relay:
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
                            "connections": [{"peer": sp.peer, "client_id": sp.client_id,
+                                            "phase": sp.phase, "reason": sp.reason,
                                             "pid": sp.process[0] if sp.process else None,
                                             "command": sp.process[1] if sp.process else None,
                                             "server_version": sp.server_version, "bytes_up": sp.client.nbytes,
@@ -517,15 +579,22 @@ class Relay:
             await r.idle.wait()
 
 
-async def check_target(target, how: str, timeout: float = 1.0) -> bool:
-    """Does the target answer? 'connect': a TCP connect; 'handshake': the TWS API version reply."""
+async def check_target(target, how: str, timeout: float = 1.0) -> str:
+    """'up', 'down' or 'wedged'. 'connect': a TCP connect; 'handshake': the TWS API version reply
+    (a target that accepts and never answers is wedged)."""
     if how != "handshake":
-        return await discovery.target_up(target.host, target.port, timeout)
+        return "up" if await discovery.target_up(target.host, target.port, timeout) else "down"
     try:
-        await asyncio.wait_for(tws.ask_version(target.host, target.port), timeout)
-        return True
+        await tws.ask_version(target.host, target.port, timeout, tws.REPLY_TIMEOUT)
+        return "up"
+    except tws.NoReply:
+        return "wedged"
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, tws.ProtocolError):
-        return False
+        return "down"
+
+
+async def _up() -> str:
+    return "up"
 
 
 def wildcard_refusal(route: Route) -> str:

@@ -102,6 +102,7 @@ class Splice:
 
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
+                 "phase", "reason", "hello_seen", "reply_timer",
                  "__weakref__")
 
     def __init__(self, route: "RouteServer"):
@@ -121,6 +122,11 @@ class Splice:
         self.client_id: Optional[int] = None
         self.server_version: Optional[int] = None
         self.process: Optional[tuple] = None      # (pid, command line) of a local client, when known
+        # connecting -> hello -> api-ready | refused; 'relaying' when not read (not TWS, or awareness off)
+        self.phase = "connecting"
+        self.reason: Optional[str] = None         # why it was refused, in TWS's words or ours
+        self.hello_seen = False
+        self.reply_timer: Optional[asyncio.TimerHandle] = None
         self.handshake: Optional[tws.Handshake] = None
         if route.settings.tws_aware:
             self.handshake = tws.Handshake()
@@ -180,6 +186,8 @@ class Splice:
             return
         up = self.upstream.transport
         self.client.out = up
+        self.phase = "hello" if self.handshake is not None else "relaying"
+        self._expect_reply()
         paused_by_hold = self.held_bytes >= HOLD_LIMIT
         if self.held:
             up.write(b"".join(self.held))
@@ -199,20 +207,48 @@ class Splice:
         self._tws_events(self.handshake.from_server, data)
 
     def _tws_events(self, feed: Callable[[bytes], list], data: bytes) -> None:
+        handshake = self.handshake
         try:
             for ev in feed(data):
+                if isinstance(ev, tws.ClientHello):
+                    self.hello_seen = True
+                    self._expect_reply()
+                elif isinstance(ev, tws.ServerHello):
+                    self._cancel_reply_timer()
                 self.route.tws_event(self, ev)
         except Exception:   # knowing the session is a bonus: it must never break the connection
             log.debug("tws-parse-error", exc_info=True)
-            self.handshake.done = True
-        if self.handshake.done:
+            handshake.done = True
+        if handshake.done:
             self.client.watch = self.upstream.watch = None
             self.handshake = None
+            self._cancel_reply_timer()
+            if self.phase == "hello":
+                self.phase = "relaying"
+        elif handshake.start is not None:
+            self.client.watch = None   # TWS's answer settles it; the client's bytes need no more reading
+
+    def _expect_reply(self) -> None:
+        """Once the hello went upstream, TWS has tws.REPLY_TIMEOUT to send its version reply."""
+        if self.hello_seen and self.client.out is not None and self.server_version is None \
+                and self.reply_timer is None and not self.finished:
+            self.reply_timer = asyncio.get_event_loop().call_later(tws.REPLY_TIMEOUT, self._no_reply)
+
+    def _no_reply(self) -> None:
+        self.reply_timer = None
+        if not self.finished and self.server_version is None:
+            self.route.no_version_reply(self)
+
+    def _cancel_reply_timer(self) -> None:
+        if self.reply_timer is not None:
+            self.reply_timer.cancel()
+            self.reply_timer = None
 
     def reject_client_id(self) -> None:
-        """Answer with TWS's error 326 (when the session's form allows it) and close both legs."""
+        """Answer with TWS's error 326, in the session's own form, and close both legs."""
         self.closed_by = self.closed_by or "relay (client id in use)"
-        if self.server_version is not None and self.server_version < tws.RAW_MSG_ID and not self.client.lost:
+        self.phase, self.reason = "refused", f"clientId {self.client_id} is in use through this relay (error 326)"
+        if self.server_version is not None and not self.client.lost:
             self.client.transport.write(tws.client_id_in_use(self.server_version, self.client_id))
         self.close()
 
@@ -271,6 +307,7 @@ class Splice:
         if self.finished:
             return
         self.finished = True
+        self._cancel_reply_timer()
         for timer in self.drain_timers:
             timer.cancel()
         self.held.clear()

@@ -21,6 +21,10 @@ class ProtocolError(ValueError):
     """Bytes that are not the TWS API protocol."""
 
 
+class NoReply(Exception):
+    """Connected, but TWS sent no version reply in time: it accepts TCP and does not answer (wedged)."""
+
+
 def frame(payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
@@ -56,14 +60,19 @@ def split_fields(payload: bytes) -> List[str]:
         raise ProtocolError("message is not ASCII text") from None
 
 
-async def ask_version(host: str, port: int) -> int:
+async def ask_version(host: str, port: int, connect_timeout: float = 2.0, reply_timeout: float = 3.0) -> int:
     """Open a connection, send the client hello, return the server's version; the one place the
     handshake is done over a socket (the probe and the target check use it). Raises OSError,
-    asyncio.IncompleteReadError or ProtocolError; the caller bounds the time."""
-    reader, writer = await asyncio.open_connection(host, port)
+    asyncio.TimeoutError (no connection), NoReply (connected, no answer), asyncio.IncompleteReadError
+    or ProtocolError."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_timeout)
     try:
         writer.write(client_hello())
-        size = struct.unpack(">I", await reader.readexactly(4))[0]
+        try:
+            head = await asyncio.wait_for(reader.readexactly(4), reply_timeout)
+        except asyncio.TimeoutError:
+            raise NoReply(f"connected, but no API version reply within {reply_timeout:g} s") from None
+        size = struct.unpack(">I", head)[0]
         if size > 4096:
             raise ProtocolError("reply too long for a version answer")
         return parse_server_hello(await reader.readexactly(size))[0]
@@ -80,15 +89,24 @@ def parse_server_hello(payload: bytes) -> Tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------- the opening of a session
-# Server versions that change how the client's messages look (ibapi server_versions.py).
+# Server versions that change how messages look (ibapi server_versions.py).
 RAW_MSG_ID = 201          # from here a message id is a 4-byte big-endian int, not text
-PROTOBUF_OFFSET = 200     # a protobuf message's id is the text id + 200 (startApi: 271)
+PROTOBUF_OFFSET = 200     # a protobuf message's id is the text id + 200 (startApi: 271, error: 204)
+PROTOBUF_OPENING = 213    # from here startApi itself travels as protobuf: the relay answers in protobuf too
 ADVANCED_REJECT = 166     # error messages carry advancedOrderRejectJson
-ERROR_TIME = 194          # error messages carry the error time
+ERROR_TIME = 194          # error messages carry the error time and lose their version field
 START_API = 71
 ERROR = 4
+NEXT_VALID_ID = 9
+MANAGED_ACCOUNTS = 15
 CLIENT_ID_IN_USE = 326
 LIMIT = 64 * 1024         # bytes buffered per direction before giving up on a connection
+REPLY_TIMEOUT = 3.0       # seconds TWS gets to answer a hello before it counts as wedged
+
+
+def is_notice(code: int) -> bool:
+    """TWS's informational 'errors' (data farm OK, connectivity restored...), not refusals."""
+    return 2100 <= code <= 2199 or code in (1100, 1101, 1102, 1300)
 
 
 @dataclass(frozen=True)
@@ -112,26 +130,43 @@ class StartApi:
 
 
 @dataclass(frozen=True)
+class ApiReady:
+    """TWS accepted the session: nextValidId and managedAccounts arrived."""
+    accounts: int             # how many accounts (never their numbers)
+
+
+@dataclass(frozen=True)
+class ApiRefused:
+    """TWS answered startApi with an error before accepting the session."""
+    code: int
+    text: str
+
+
+@dataclass(frozen=True)
 class NotTws:
     side: str                 # "client" or "server"
     reason: str
 
 
 class Handshake:
-    """Sans-IO reader of a TWS API session's opening: the client hello, the server's version reply
-    and startApi. Feed each direction's bytes as they pass (nothing is held back: it only reads);
-    it returns events, and is `done` once startApi was seen or it gave up (NotTws). It never raises
-    on bad input."""
+    """Sans-IO reader of a TWS API session's opening: the client hello, the server's version reply,
+    startApi, and TWS's first answer that settles it (accepted: nextValidId + managedAccounts;
+    refused: an error message). Feed each direction's bytes as they pass (nothing is held back: it
+    only reads); it returns events, and is `done` once the session is settled or it gave up
+    (NotTws). After startApi the client's bytes are no longer read. It never raises on bad input."""
 
     def __init__(self) -> None:
         self.client = bytearray()
         self.server = bytearray()
         self.hello: Optional[ClientHello] = None
         self.version: Optional[int] = None
+        self.start: Optional[StartApi] = None
+        self.accounts: Optional[int] = None
+        self.next_id = False
         self.done = False
 
     def from_client(self, data: bytes) -> List[object]:
-        if self.done:
+        if self.done or self.start is not None:
             return []
         self.client += data
         return self._advance()
@@ -139,8 +174,7 @@ class Handshake:
     def from_server(self, data: bytes) -> List[object]:
         if self.done:
             return []
-        if self.version is None:
-            self.server += data
+        self.server += data
         return self._advance()
 
     def _give_up(self, side: str, reason: str) -> List[object]:
@@ -152,15 +186,18 @@ class Handshake:
     def _advance(self) -> List[object]:
         events: List[object] = []
         for step, side in ((self._client_hello, "client"), (self._server_hello, "server"),
-                           (self._start_api, "client")):
+                           (self._start_api, "client"), (self._answers, "server")):
             try:
                 event = step()
             except ProtocolError as e:
                 return events + self._give_up(side, str(e))
             if event is not None:
                 events.append(event)
-        if not self.done and (len(self.client) > LIMIT or len(self.server) > LIMIT):
-            return events + self._give_up("client", "no startApi within the first 64 KiB")
+            if self.done:
+                return events
+        if len(self.client) > LIMIT or len(self.server) > LIMIT:
+            return events + self._give_up("client" if len(self.client) > LIMIT else "server",
+                                          "the opening did not settle within the first 64 KiB")
         return events
 
     def _client_hello(self) -> Optional[ClientHello]:
@@ -181,22 +218,93 @@ class Handshake:
         # TWS answers only after the hello; waiting for it keeps events in protocol order
         if self.version is not None or not self.server or self.hello is None:
             return None
-        payload, _ = split_frame(bytes(self.server))
+        payload, rest = split_frame(bytes(self.server))
         if payload is None:
             return None
         self.version, when = parse_server_hello(payload)
-        self.server.clear()
+        self.server[:] = rest
         return ServerHello(self.version, when)
 
     def _start_api(self) -> Optional[StartApi]:
-        if self.hello is None or self.version is None:
+        if self.start is not None or self.hello is None or self.version is None:
             return None     # its form depends on the negotiated version
         payload, _ = split_frame(bytes(self.client))
         if payload is None:
             return None
-        self.done = True
         self.client.clear()
-        return _parse_start_api(payload, self.version)
+        self.start = _parse_start_api(payload, self.version)
+        return self.start
+
+    def _answers(self) -> Optional[object]:
+        """TWS's messages after startApi, until one settles the session."""
+        if self.start is None:
+            return None
+        while True:
+            payload, rest = split_frame(bytes(self.server))
+            if payload is None:
+                return None
+            self.server[:] = rest
+            msg_id, body = split_message(payload, self.version)
+            if msg_id == ERROR:
+                code, text = decode_error(body, self.version)
+                if not is_notice(code):
+                    self.done = True
+                    return ApiRefused(code, text)
+            elif msg_id == MANAGED_ACCOUNTS:
+                self.accounts = _accounts(body)
+            elif msg_id == NEXT_VALID_ID:
+                self.next_id = True
+            if self.next_id and self.accounts is not None:
+                self.done = True
+                self.server.clear()
+                return ApiReady(self.accounts)
+
+
+def split_message(payload: bytes, version: int) -> Tuple[int, object]:
+    """(message id, body) of a server message at `version`: body is the list of text fields after
+    the id, or for a protobuf message (id above 200, reported as id - 200) its bytes."""
+    if version < RAW_MSG_ID:
+        fields = split_fields(payload)
+        if not fields[0].isdigit():
+            raise ProtocolError(f"message id {fields[0][:20]!r} is not a number")
+        return int(fields[0]), fields[1:]
+    if len(payload) < 4:
+        raise ProtocolError("message too short for a raw message id")
+    (msg_id,) = struct.unpack(">I", payload[:4])
+    if msg_id > PROTOBUF_OFFSET:
+        return msg_id - PROTOBUF_OFFSET, bytes(payload[4:])
+    return msg_id, split_fields(payload[4:])
+
+
+def decode_error(body: object, version: int) -> Tuple[int, str]:
+    """(code, text) of an error message body in any of its forms."""
+    if isinstance(body, bytes):
+        fields = _proto_fields(body)
+        return _int32(fields.get(3, 0)), _text(fields.get(4, b""))
+    fields = list(body)
+    if version < ERROR_TIME:
+        fields = fields[1:]          # the old version field
+    if len(fields) < 3 or not fields[1].lstrip("-").isdigit():
+        raise ProtocolError("error message without a code")
+    return int(fields[1]), fields[2]
+
+
+def _accounts(body: object) -> int:
+    if isinstance(body, bytes):
+        text = _text(_proto_fields(body).get(1, b""))
+    else:
+        text = body[1] if len(body) > 1 else ""
+    return len([a for a in text.split(",") if a.strip()])
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int32(value: object) -> int:
+    v = int(value) if isinstance(value, int) else 0
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
 
 
 def _parse_versions(payload: bytes) -> ClientHello:
@@ -222,8 +330,8 @@ def _parse_start_api(payload: bytes, version: int) -> StartApi:
             raise ProtocolError("message too short for a raw message id")
         (msg_id,) = struct.unpack(">I", payload[:4])
         if msg_id == START_API + PROTOBUF_OFFSET:
-            client_id, caps = _decode_start_api_proto(payload[4:])
-            return StartApi(client_id, caps, "protobuf")
+            fields_pb = _proto_fields(payload[4:])
+            return StartApi(_int32(fields_pb.get(1, 0)), _text(fields_pb.get(2, b"")), "protobuf")
         if msg_id != START_API:
             raise ProtocolError(f"first client message is {msg_id}, not startApi")
         fields, form = split_fields(payload[4:]), "raw-id"
@@ -231,6 +339,8 @@ def _parse_start_api(payload: bytes, version: int) -> StartApi:
         raise ProtocolError("startApi without a clientId")
     return StartApi(int(fields[1]), fields[2] if len(fields) > 2 else "", form)
 
+
+# ---------------------------------------------------------------------------- protobuf, the little we need
 
 def _varint(data: bytes, i: int) -> Tuple[int, int]:
     value = shift = 0
@@ -245,39 +355,83 @@ def _varint(data: bytes, i: int) -> Tuple[int, int]:
             return value, i
 
 
-def _decode_start_api_proto(data: bytes) -> Tuple[int, str]:
-    """StartApiRequest: field 1 clientId (int32), field 2 optionalCapabilities (string)."""
-    client_id, caps, i = 0, "", 0
+def _proto_fields(data: bytes) -> dict:
+    """{field number: int (varint/fixed) or bytes (length-delimited)} of one protobuf message."""
+    out: dict = {}
+    i = 0
     while i < len(data):
         key, i = _varint(data, i)
         field_no, wire = key >> 3, key & 7
         if wire == 0:
-            value, i = _varint(data, i)
-            if field_no == 1:
-                client_id = value - (1 << 64) if value >= 1 << 63 else value   # negative int32s
+            out[field_no], i = _varint(data, i)
         elif wire == 2:
             size, i = _varint(data, i)
             if i + size > len(data):
                 raise ProtocolError("truncated protobuf field")
-            if field_no == 2:
-                caps = data[i:i + size].decode("utf-8", "replace")
+            out[field_no] = bytes(data[i:i + size])
             i += size
         elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
+            width = 8 if wire == 1 else 4
+            if i + width > len(data):
+                raise ProtocolError("truncated protobuf field")
+            out[field_no] = int.from_bytes(data[i:i + width], "little")
+            i += width
         else:
             raise ProtocolError(f"unsupported protobuf wire type {wire}")
-    if i > len(data):
-        raise ProtocolError("truncated protobuf field")
-    return client_id, caps
+    return out
 
 
-def client_id_in_use(version: int, client_id: int) -> bytes:
-    """TWS's own error 326, framed for a text-protocol session (server version below 201)."""
-    text = f"Unable to connect as the client id {client_id} is already in use. Retry with a unique client id."
-    fields: List[object] = [ERROR, 2, -1, CLIENT_ID_IN_USE, text]
+def _put_varint(n: int) -> bytes:
+    n &= (1 << 64) - 1            # a negative int32 is ten bytes, as protobuf writes it
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _proto_int(field_no: int, value: int) -> bytes:
+    return _put_varint(field_no << 3) + _put_varint(value)
+
+
+def _proto_text(field_no: int, text: str) -> bytes:
+    data = text.encode("utf-8")
+    return _put_varint(field_no << 3 | 2) + _put_varint(len(data)) + data
+
+
+# ---------------------------------------------------------------------------- what the relay says itself
+
+def error_form(version: int) -> str:
+    """How an error message is encoded for a session at `version` (for the log)."""
+    if version >= PROTOBUF_OPENING:
+        return "protobuf message 204"
+    if version >= RAW_MSG_ID:
+        return "raw message id with text fields"
+    return "text fields" + (" with version field" if version < ERROR_TIME else "")
+
+
+def client_id_in_use(version: int, client_id: int, now_ms: Optional[int] = None) -> bytes:
+    """TWS's own error 326, encoded as a session at server `version` reads it."""
+    return error_message(version, CLIENT_ID_IN_USE, f"Unable to connect as the client id {client_id} is already "
+                         f"in use. Retry with a unique client id.", now_ms=now_ms)
+
+
+def error_message(version: int, code: int, text: str, req_id: int = -1, now_ms: Optional[int] = None) -> bytes:
+    """An error message (id 4) in the form a session at server `version` reads."""
+    import time
+    when = int(time.time() * 1000) if now_ms is None else now_ms
+    if version >= PROTOBUF_OPENING:     # ErrorMessage: id 1, errorTime 2, errorCode 3, errorMsg 4
+        body = _proto_int(1, req_id) + _proto_int(2, when) + _proto_int(3, code) + _proto_text(4, text)
+        return frame(struct.pack(">I", ERROR + PROTOBUF_OFFSET) + body)
+    fields: List[object] = [] if version >= ERROR_TIME else [2]    # the version field went away at 194
+    fields += [req_id, code, text]
     if version >= ADVANCED_REJECT:
         fields.append("")
     if version >= ERROR_TIME:
-        import time
-        fields.append(int(time.time() * 1000))
-    return fields_message(*fields)
+        fields.append(when)
+    text_fields = b"".join(str(f).encode() + b"\0" for f in fields)
+    if version >= RAW_MSG_ID:
+        return frame(struct.pack(">I", ERROR) + text_fields)
+    return frame(str(ERROR).encode() + b"\0" + text_fields)

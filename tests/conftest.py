@@ -1,5 +1,6 @@
 import asyncio
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -21,6 +22,26 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 # Every async test runs once per event loop the relay supports here.
 LOOP_KINDS = ["asyncio"] + (["uvloop"] if loops.installed_versions().get("uvloop") else [])
+
+
+# The official TWS API builds on PyPI each ship a top-level `ibapi`: each goes into a folder of its
+# own inside this venv, and a bot runs with that folder first on PYTHONPATH.
+OFFICIAL_IBAPI = {"ibapi-latest": "10.51.1", "ibapi-stable": "10.50.2", "nautilus-ibapi": "10.46.1"}
+
+
+@pytest.fixture(scope="session")
+def official_ibapi():
+    def path(name: str) -> str:
+        folder = os.path.join(sys.prefix, "ibapi-builds", f"{name}-{OFFICIAL_IBAPI[name]}")
+        if not os.path.isdir(os.path.join(folder, "ibapi")):
+            # protobuf: these builds import google.protobuf without declaring it (nautilus-ibapi)
+            r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                "--target", folder, f"{name}=={OFFICIAL_IBAPI[name]}", "protobuf"],
+                               capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                pytest.skip(f"could not install {name} from PyPI: {r.stderr.strip()[-300:]}")
+        return folder
+    return path
 
 
 @pytest.fixture(scope="session", params=LOOP_KINDS)

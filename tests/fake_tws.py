@@ -1,8 +1,14 @@
 """A stand-in TWS: the API handshake, startApi, the answers ib_async's connect() waits for, and
-reqCurrentTime. Like TWS with "Allow connections from localhost only", it resets every peer that
-is not loopback. Used in-process (FakeTws) and as a script inside test namespaces:
+reqCurrentTime, in the form of the negotiated server version (text fields; a raw 4-byte message id
+from 201; startApi and requests as protobuf from 213). Like TWS with "Allow connections from
+localhost only", it resets every peer that is not loopback. Modes play the failures users meet:
+  normal     accepts the session
+  silent     accepts TCP and never answers (a wedged TWS / Gateway)
+  close      answers the version, then closes at startApi without a message
+  refuse     answers the version, then sends its own error 326 at startApi and closes
+Used in-process (FakeTws) and as a script inside test namespaces:
 
-    python fake_tws.py PORT [--version N] [--host H]   listens on H:PORT (default 0.0.0.0, as TWS does)
+    python fake_tws.py PORT [--version N] [--host H] [--mode M]   (default host 0.0.0.0, as TWS does)
 """
 import asyncio
 import ipaddress
@@ -20,10 +26,42 @@ def msg(*fields) -> bytes:
     return struct.pack(">I", len(payload)) + payload
 
 
+def raw_msg(version, msg_id, *fields) -> bytes:
+    """A message in the form of `version`: text fields, with a raw 4-byte id from 201."""
+    if version < 201:
+        return msg(msg_id, *fields)
+    payload = struct.pack(">I", msg_id) + b"".join(str(f).encode() + b"\0" for f in fields)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def read_request(payload: bytes, version: int):
+    """(message id, text fields or protobuf bytes) of a client message."""
+    if version < 201:
+        fields = payload.decode().split("\0")[:-1]
+        return int(fields[0]), fields[1:]
+    msg_id = struct.unpack(">I", payload[:4])[0]
+    if msg_id > 200:
+        return msg_id - 200, payload[4:]
+    return msg_id, payload[4:].decode().split("\0")[:-1]
+
+
+def proto_client_id(body: bytes) -> int:
+    """Field 1 (a varint) of StartApiRequest."""
+    assert body[:1] == b"\x08"
+    value = shift = 0
+    for b in body[1:]:
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 class FakeTws:
-    def __init__(self, version: int = SERVER_VERSION, local_only: bool = True):
+    def __init__(self, version: int = SERVER_VERSION, local_only: bool = True, mode: str = "normal"):
         self.version = version
         self.local_only = local_only
+        self.mode = mode
         self.server = None
         self.client_ids = []     # clientIds seen in startApi
         self.connected = asyncio.Event()
@@ -45,6 +83,9 @@ class FakeTws:
             writer.transport.abort()          # what users see as "connection reset by peer"
             return
         try:
+            if self.mode == "silent":
+                await reader.read()                # accepts and never says a word
+                return
             if await reader.readexactly(4) != b"API\0":
                 writer.close()
                 return
@@ -55,39 +96,50 @@ class FakeTws:
             writer.write(msg(version, time.strftime("%Y%m%d %H:%M:%S") + " Greenwich Mean Time"))
             while True:
                 n = struct.unpack(">I", await reader.readexactly(4))[0]
-                fields = (await reader.readexactly(n)).decode().split("\0")[:-1]
-                self._answer(fields, writer)
+                mid, body = read_request(await reader.readexactly(n), version)
+                if not self._answer(version, mid, body, writer):
+                    return
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
             writer.close()
 
-    def _answer(self, f, writer):
-        mid = int(f[0])
-        if mid == 71:                              # startApi: version, clientId, capabilities
-            self.client_ids.append(int(f[2]))
+    def _answer(self, v, mid, f, writer) -> bool:
+        """Answer one request; False: close the connection."""
+        if mid == 71:                              # startApi: version, clientId, capabilities (or protobuf)
+            client_id = proto_client_id(f) if isinstance(f, bytes) else int(f[1])
+            self.client_ids.append(client_id)
+            if self.mode == "close":
+                return False
+            if self.mode == "refuse":
+                text = f"Unable to connect as the client id {client_id} is already in use. Retry with a unique client id."
+                fields = [-1, 326, text, ""] + ([int(time.time() * 1000)] if v >= 194 else [])
+                writer.write(raw_msg(v, 4, *(fields if v >= 194 else [2] + fields)))
+                return False
             self.connected.set()
-            writer.write(msg(15, 1, ACCOUNT) + msg(9, 1, 1))
-            writer.write(msg(4, 2, -1, 2104, "Market data farm connection is OK:usfarm", ""))
+            writer.write(raw_msg(v, 15, 1, ACCOUNT) + raw_msg(v, 9, 1, 1))
+            notice = [-1, 2104, "Market data farm connection is OK:usfarm", ""]
+            writer.write(raw_msg(v, 4, *(notice + [int(time.time() * 1000)] if v >= 194 else [2] + notice)))
         elif mid == 61:
-            writer.write(msg(62, 1))               # positionEnd
+            writer.write(raw_msg(v, 62, 1))               # positionEnd
         elif mid == 5:
-            writer.write(msg(53, 1))               # openOrderEnd
+            writer.write(raw_msg(v, 53, 1))               # openOrderEnd
         elif mid == 99:
-            writer.write(msg(102))                 # completedOrdersEnd
+            writer.write(raw_msg(v, 102))                 # completedOrdersEnd
         elif mid == 6:
-            writer.write(msg(54, 1, f[3]))         # accountDownloadEnd
+            writer.write(raw_msg(v, 54, 1, f[2]))         # accountDownloadEnd
         elif mid == 76:
-            writer.write(msg(74, 1, f[2]))         # accountUpdateMultiEnd
+            writer.write(raw_msg(v, 74, 1, f[1]))         # accountUpdateMultiEnd
         elif mid == 7:
-            writer.write(msg(55, 1, f[2]))         # execDetailsEnd
+            writer.write(raw_msg(v, 55, 1, f[1]))         # execDetailsEnd
         elif mid == 49:
-            writer.write(msg(49, 1, int(time.time())))   # currentTime
+            writer.write(raw_msg(v, 49, 1, int(time.time())))   # currentTime (asked in any form)
+        return True
 
 
-async def _main(port: int, version: int, host: str) -> None:
-    tws = FakeTws(version)
+async def _main(port: int, version: int, host: str, mode: str) -> None:
+    tws = FakeTws(version, mode=mode)
     await tws.start(host, port)
     print("listening", flush=True)
     await asyncio.Event().wait()
@@ -96,4 +148,5 @@ async def _main(port: int, version: int, host: str) -> None:
 if __name__ == "__main__":
     def opt(name, default):
         return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
-    asyncio.run(_main(int(sys.argv[1]), int(opt("--version", SERVER_VERSION)), opt("--host", "0.0.0.0")))
+    asyncio.run(_main(int(sys.argv[1]), int(opt("--version", SERVER_VERSION)), opt("--host", "0.0.0.0"),
+                      opt("--mode", "normal")))

@@ -1,5 +1,8 @@
-"""The official ibapi client: connect, ask for the time, print 'time <epoch>'.
+"""The official ibapi client: connect, ask for the time, print 'time <epoch>'; every error it is
+handed is printed as 'error <code> <text>'. Works with ibapi 9.81 (error(reqId, code, text)) and
+10.x (error(reqId, errorTime, code, text, json)).
     python ibapi_bot.py HOST PORT CLIENT_ID"""
+import inspect
 import sys
 import threading
 
@@ -20,7 +23,14 @@ class Bot(EWrapper, EClient):
         print("time", time, "server_version", self.serverVersion(), flush=True)
         self.done.set()
 
-    def error(self, reqId, errorCode, errorString, *rest):
+    def connectionClosed(self):
+        print("connection closed", flush=True)
+        self.done.set()
+
+    def error(self, reqId, *args):
+        if "errorTime" in inspect.signature(EWrapper.error).parameters:
+            args = args[1:]
+        errorCode, errorString = args[0], args[1]
         print("error", errorCode, errorString, flush=True)
         if errorCode == 326:          # clientId in use: give up at once
             self.failed = True

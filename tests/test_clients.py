@@ -88,3 +88,61 @@ def test_duplicate_client_id_gets_tws_error_326(run, caplog, tmp_path, library):
         elapsed = run(main(), timeout=60)
     if library == "ibapi":
         assert elapsed < 3, f"ibapi took {elapsed:.1f}s to see error 326"
+
+
+async def hold_client_id(port: int, version: int, client_id: int):
+    """A session that holds `client_id`, speaking the form of `version` (raw socket)."""
+    from relay import tws as t
+    from tws_sessions import start_api
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(t.client_hello(100, version))
+    size = int.from_bytes(await reader.readexactly(4), "big")
+    assert int(t.split_fields(await reader.readexactly(size))[0]) == version
+    writer.write(start_api(version, client_id))
+    await reader.readexactly(4)           # TWS's first answer: the session is up
+    return writer
+
+
+# (library, official build or None for the PyPI default, stand-in TWS capped at this server version)
+CASES_326 = [("ib_async", None, 157), ("ib_async", None, 176), ("ibapi", None, 157),
+             ("ibapi", "ibapi-latest", 157), ("ibapi", "ibapi-latest", 176), ("ibapi", "ibapi-latest", 196),
+             ("ibapi", "ibapi-latest", 205), ("ibapi", "ibapi-latest", 226), ("ibapi", "ibapi-stable", 196),
+             ("ibapi", "ibapi-stable", 226), ("ibapi", "nautilus-ibapi", 205), ("ibapi", "nautilus-ibapi", 225)]
+
+
+@pytest.mark.parametrize("library, build, version", CASES_326)
+def test_error_326_from_the_relay_decodes_as_326_in_every_form(tmp_path, caplog, official_ibapi, library, build,
+                                                              version):
+    """reject_duplicate_client_id: the newcomer gets error 326 in its session's own form (text with a
+    version field below 194, without it from 194, a raw message id from 201, protobuf from 213),
+    decoded by the client library's own decoder as code 326 with TWS's text."""
+    pytest.importorskip("ib_async" if library == "ib_async" else "ibapi")
+    env = dict(os.environ)
+    if build:
+        env["PYTHONPATH"] = official_ibapi(build) + os.pathsep + env.get("PYTHONPATH", "")
+
+    async def main():
+        fake = FakeTws(version=version)
+        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True)
+        port = relay.routes[0].address.port
+        holder = await hold_client_id(port, version, 5)
+        argv = ([os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "5"] if library == "ib_async" else
+                [os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "5"])
+        proc = await asyncio.create_subprocess_exec(sys.executable, *argv, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT, env=env)
+        out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+        holder.close()
+        await relay.shutdown(0)
+        fake.close()
+        return out
+    with caplog.at_level(logging.INFO, logger="relay"):
+        out = asyncio.run(main())
+    if library == "ib_async":
+        assert "Error 326, reqId -1: Unable to connect as the client id 5 is already in use" in out, out
+    else:
+        assert "error 326 Unable to connect as the client id 5 is already in use" in out, out
+    clash = records(caplog, "client-id-clash")[0].fields
+    from relay import tws as t
+    assert clash["action"] == f"answered with error 326 ({t.error_form(version)}) and closed"
+    refused = [r.fields for r in caplog.records if r.getMessage() == "api-ready"]
+    assert len(refused) == 1        # the holder was accepted; the newcomer never reached TWS's answer

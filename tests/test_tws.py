@@ -19,13 +19,14 @@ def chunked(data: bytes, cuts):
     return [data[a:b] for a, b in zip(edges, edges[1:]) if b > a]
 
 
-@given(version=st.sampled_from([157, 176, 178, 201, 212, 213, 225]), client_id=st.integers(-5, 2**31 - 1),
-       caps=st.sampled_from(["", "+PACEAPI"]), cuts_c=st.lists(st.integers(0, 200), max_size=12),
-       cuts_s=st.lists(st.integers(0, 200), max_size=6), order=st.lists(st.booleans(), max_size=30))
-@settings(max_examples=400)
+@given(version=st.sampled_from([157, 176, 178, 194, 200, 201, 212, 213, 225]), client_id=st.integers(-5, 2**31 - 1),
+       caps=st.sampled_from(["", "+PACEAPI"]), outcome=st.sampled_from(["ready", "refused"]),
+       cuts_c=st.lists(st.integers(0, 200), max_size=12),
+       cuts_s=st.lists(st.integers(0, 400), max_size=10), order=st.lists(st.booleans(), max_size=30))
+@settings(max_examples=500)
 def test_any_chunking_and_interleaving_of_a_valid_session_gives_the_same_events(
-        version, client_id, caps, cuts_c, cuts_s, order):
-    client, server, expected = session(version, client_id, caps)
+        version, client_id, caps, outcome, cuts_c, cuts_s, order):
+    client, server, expected = session(version, client_id, caps, outcome)
     c, s = chunked(client, cuts_c), chunked(server, cuts_s)
     hs, events = tws.Handshake(), []
     for take_client in order + [True] * len(c) + [False] * len(s):
@@ -47,17 +48,25 @@ def test_arbitrary_bytes_never_raise_and_stay_bounded(feeds):
     hs = tws.Handshake()
     for to_client, data in feeds:
         events = hs.from_client(data) if to_client else hs.from_server(data)
-        assert all(isinstance(e, (tws.ClientHello, tws.ServerHello, tws.StartApi, tws.NotTws)) for e in events)
+        assert all(isinstance(e, (tws.ClientHello, tws.ServerHello, tws.StartApi, tws.ApiReady, tws.ApiRefused,
+                                  tws.NotTws)) for e in events)
         assert len(hs.client) <= tws.LIMIT + 300 and len(hs.server) <= tws.LIMIT + 300
 
 
 @given(version=st.sampled_from([176, 205, 213]), junk=st.binary(min_size=1, max_size=50))
 @settings(max_examples=200)
-def test_valid_opening_then_anything_still_yields_start_api(version, junk):
+def test_valid_opening_then_anything_still_yields_the_same_events(version, junk):
     client, server, expected = session(version, 9)
     hs = tws.Handshake()
     events = hs.from_client(client + junk) + hs.from_server(server + junk)
     assert events == expected
+
+
+@given(version=st.sampled_from([157, 176, 196, 205, 213, 226]), code=st.integers(-(2**31), 2**31 - 1),
+       text=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126)))
+def test_error_messages_read_back_in_every_form(version, code, text):
+    msg_id, body = tws.split_message(tws.split_frame(tws.error_message(version, code, text))[0], version)
+    assert msg_id == tws.ERROR and tws.decode_error(body, version) == (code, text)
 
 
 @pytest.mark.parametrize("client, reason", [
@@ -87,11 +96,18 @@ def test_truncated_hello_waits_then_gives_up_past_the_limit():
     assert isinstance(hs.from_server(b"\x00\x00\xff\xff" + b"x" * tws.LIMIT)[-1], tws.NotTws)
 
 
-def test_error_326_reads_as_ib_async_reads_it():
-    payload, _ = tws.split_frame(tws.client_id_in_use(176, 7))
-    fields = tws.split_fields(payload)
-    assert fields[:4] == ["4", "2", "-1", "326"] and "7 is already in use" in fields[4] and fields[5] == ""
-    assert len(tws.split_fields(tws.split_frame(tws.client_id_in_use(196, 7))[0])) == 7   # + error time
+def test_error_326_bytes_in_each_version_range():
+    """The layouts the official decoder reads (ibapi decoder.processErrorMsg / processErrorMsgProtoBuf);
+    the real decoders read them in test_clients.py."""
+    text = "Unable to connect as the client id 7 is already in use. Retry with a unique client id."
+    payload = tws.split_frame(tws.client_id_in_use(176, 7))[0]                  # below 194: a version field
+    assert tws.split_fields(payload) == ["4", "2", "-1", "326", text, ""]
+    payload = tws.split_frame(tws.client_id_in_use(196, 7, now_ms=123))[0]       # 194-200: no version, a time
+    assert tws.split_fields(payload) == ["4", "-1", "326", text, "", "123"]
+    payload = tws.split_frame(tws.client_id_in_use(205, 7, now_ms=123))[0]       # 201-212: a raw 4-byte id
+    assert payload[:4] == b"\0\0\0\x04" and tws.split_fields(payload[4:]) == ["-1", "326", text, "", "123"]
+    payload = tws.split_frame(tws.client_id_in_use(226, 7, now_ms=123))[0]       # 213 on: protobuf id 204
+    assert payload[:4] == b"\0\0\0\xcc" and payload[4:6] == b"\x08\xff"      # id -1: ten-byte varint
 
 
 # -- the relay reading real sessions

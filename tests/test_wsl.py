@@ -179,11 +179,11 @@ def test_probe_verdicts(run):
         async with Backend(garbage) as b:
             assert (await wsl.probe("127.0.0.1", b.endpoint.port, 2, "x", via_relay=False)).status == "not-tws"
 
-        async def silent(reader, writer):
-            await reader.read()
+        async def silent(reader, writer):     # accepts, never answers: a wedged TWS (a firewall drop
+            await reader.read()               # would not even complete the connect)
         async with Backend(silent) as b:
             v = await wsl.probe("127.0.0.1", b.endpoint.port, 0.3, "x", via_relay=False)
-            assert v.status == "timeout" and "Firewall" in v.detail
+            assert v.status == "wedged" and "never answered the API handshake" in v.detail
 
         async def hang_up(reader, writer):
             await reader.readexactly(4)

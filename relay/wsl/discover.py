@@ -164,7 +164,7 @@ class Verdict:
     host: str
     port: int
     what: str                 # "relay discovery", "route tws-paper", "TWS port"
-    status: str               # ok | refused | reset | timeout | closed | unreachable | not-tws | error
+    status: str               # ok | refused | reset | timeout | closed | unreachable | not-tws | wedged | error
     detail: str
     server_version: Optional[int] = None
 
@@ -196,6 +196,10 @@ def explain(status: str, host: str, port: int, via_relay: bool, ports_hint: str 
         return f"no route to {host}: the address is not reachable from here"
     if status == "not-tws":
         return "something answered, but not the TWS API handshake"
+    if status == "wedged":
+        return ("TWS / IB Gateway accepted the connection but never answered the API handshake: it is wedged "
+                "(it happens after days up, or after a daily restart gone wrong). Restart TWS / IB Gateway"
+                + ("; the relay stops listening on that route until TWS answers again" if via_relay else ""))
     return status
 
 
@@ -216,7 +220,9 @@ def _classify(exc: BaseException) -> str:
 async def probe(host: str, port: int, timeout: float, what: str, via_relay: bool) -> Verdict:
     """TCP connect, then the TWS API handshake: send the hello, expect the two-field version reply."""
     try:
-        version = await asyncio.wait_for(tws.ask_version(host, port), timeout)
+        version = await tws.ask_version(host, port, timeout, max(timeout, tws.REPLY_TIMEOUT))
+    except tws.NoReply:
+        return Verdict(host, port, what, "wedged", explain("wedged", host, port, via_relay))
     except tws.ProtocolError:
         return Verdict(host, port, what, "not-tws", explain("not-tws", host, port, via_relay))
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as e:
