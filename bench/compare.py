@@ -84,10 +84,11 @@ def start_direct(tmp):
     return None, ECHO, SINK
 
 
-def start_relay(tmp, loop, tws_aware=True):
+def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect"):
     conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}.yaml")
     with open(conf, "w") as f:
         f.write(f"""tws_aware: {str(tws_aware).lower()}
+target_check: {target_check}
 discovery_port: false
 routes:
   - {{name: echo, listen: "127.0.0.1:{P_ECHO}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
@@ -95,7 +96,7 @@ routes:
 log: {{level: warning}}
 loop: {loop}
 """)
-    p = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
+    p = subprocess.Popen([*prefix, sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=open(conf + ".log", "w"))
     return p, P_ECHO, P_SINK
 
@@ -243,6 +244,49 @@ def tws_overhead(rounds=7):
               f"{change:+.1f}% {'(better)' if change >= 0 else '(worse)'} |")
 
 
+def tws_instructions():
+    """TWS awareness on vs off in instructions (valgrind's callgrind: repeatable where wall-clock time
+    on a shared VM is not). The relay runs 1000 and 3000 ping-pong round trips after the API
+    handshake; the difference / 2000 is the cost of one round trip, the rest is start-up and the
+    opening. Target checks off (they would add their own instructions on a timer)."""
+    if not shutil.which("valgrind"):
+        sys.exit("--instructions needs valgrind: apt-get install valgrind")
+    os.environ["LOADGEN_TWS"] = "1"
+    backend = subprocess.Popen([LOADGEN, "echo", str(ECHO)], stdout=subprocess.DEVNULL)
+    totals = {}
+    try:
+        wait_port(ECHO)
+        with tempfile.TemporaryDirectory() as tmp:
+            for aware in (False, True):
+                for count in (1000, 3000, 1000, 3000):
+                    out = os.path.join(tmp, f"cg-{aware}-{count}-%p")
+                    proc, pe, _ = start_relay(tmp, "uvloop", aware, ("valgrind", "--tool=callgrind", "-q",
+                                                                     f"--callgrind-out-file={out}"), "off")
+                    try:
+                        wait_port(pe, timeout=60)
+                        loadgen("pingpong", pe, 128, count)
+                    finally:
+                        proc.send_signal(2)
+                        proc.wait(timeout=60)
+                    name = next(n for n in os.listdir(tmp) if n.startswith(f"cg-{aware}-{count}-"))
+                    with open(os.path.join(tmp, name)) as f:
+                        total = int(next(line for line in f if line.startswith("summary:")).split()[1])
+                    os.remove(os.path.join(tmp, name))
+                    totals.setdefault((aware, count), []).append(total)
+    finally:
+        backend.kill()
+    mean = {k: sum(v) / len(v) for k, v in totals.items()}
+    per_trip = {a: (mean[(a, 3000)] - mean[(a, 1000)]) / 2000 for a in (False, True)}
+    print("\nTWS awareness in instructions (callgrind, relay on uvloop, two runs each):\n")
+    print("| | awareness off | awareness on | on vs off |\n|---|---|---|---|")
+    print(f"| instructions per ping-pong round trip | {per_trip[False]:.0f} | {per_trip[True]:.0f} | "
+          f"{(per_trip[True] - per_trip[False]) / per_trip[False] * 100:+.1f}% |")
+    spread = max(max(v) - min(v) for v in totals.values()) / 2000
+    print(f"| repeat spread per round trip | {spread:.0f} | | |")
+    extra = mean[(True, 1000)] - 1000 * per_trip[True] - (mean[(False, 1000)] - 1000 * per_trip[False])
+    print(f"| the opening, once per connection | | {extra / 1e6:+.2f} M | |")
+
+
 def two_hop(rounds=7):
     """The WSL path's cost: a bot in WSL talking to 127.0.0.1:7497 crosses the forwarder and then
     the Windows relay. Ping-pong round trips direct, through the relay alone, and through forwarder
@@ -290,6 +334,9 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shorter runs (for a smoke test)")
     ap.add_argument("--tws-overhead", action="store_true",
                     help="only compare TWS awareness on vs off (ping-pong and bulk, handshake first)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="TWS awareness on vs off counted in instructions with valgrind (repeatable)")
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds for --tws-overhead / --two-hop")
     ap.add_argument("--two-hop", action="store_true",
                     help="only the WSL path: direct vs relay vs forwarder + relay (ping-pong latency)")
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
@@ -301,10 +348,13 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build_loadgen()
     if args.tws_overhead:
-        tws_overhead()
+        tws_overhead(args.rounds)
         return
     if args.two_hop:
-        two_hop()
+        two_hop(args.rounds)
+        return
+    if args.instructions:
+        tws_instructions()
         return
     names = args.only.split(",") if args.only else list(CONTENDERS)
     backends = [subprocess.Popen([LOADGEN, mode, str(port)], stdout=subprocess.DEVNULL)

@@ -9,7 +9,8 @@
  *   loadgen idle PORT N                     N connections, one echo each, print ready, hold until stdin EOF
  *
  * With LOADGEN_TWS=1 every connection opens with the TWS API handshake (client hello, server
- * version reply, startApi) before its traffic, on both the client and the backend side.
+ * version reply, startApi, then TWS's managedAccounts and nextValidId that accept the session)
+ * before its traffic, on both the client and the backend side.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -58,6 +59,8 @@ static void tws_client_handshake(int fd) {
     write_all(fd, hello, sizeof hello - 1);
     read_frame(fd);                               /* server version reply */
     write_all(fd, start, sizeof start - 1);
+    read_frame(fd);                               /* managedAccounts */
+    read_frame(fd);                               /* nextValidId: the session is accepted */
 }
 
 static int recv_exact(int fd, char *p, size_t n) {   /* 0 on success, -1 if the peer went away */
@@ -79,10 +82,12 @@ static int recv_frame(int fd) {
 
 static int tws_server_handshake(int fd) {        /* fd is blocking here; -1: drop this connection */
     static const char reply[] = "\0\0\0\x1a" "176\0" "20261124 09:30:00 EST\0";
+    static const char accept[] = "\0\0\0\x09" "15\0" "1\0" "DU1\0" "\0\0\0\x06" "9\0" "1\0" "1\0";
     char magic[4];
     if (recv_exact(fd, magic, 4) || recv_frame(fd)) return -1;    /* API\0, v157..178 */
     if (write(fd, reply, sizeof reply - 1) != sizeof reply - 1) return -1;
-    return recv_frame(fd);                                         /* startApi */
+    if (recv_frame(fd)) return -1;                                 /* startApi */
+    return write(fd, accept, sizeof accept - 1) == sizeof accept - 1 ? 0 : -1;   /* accounts, next id */
 }
 
 static int dial(int port) {

@@ -490,6 +490,36 @@ def status(port, as_json) -> None:
 
 
 @main.command()
+@click.argument("client_id", type=int)
+@click.option("--route", help="The route whose connection to close, when the clientId is held on several.")
+def kick(client_id, route) -> None:
+    """Close the connection holding CLIENT_ID (both legs), so TWS frees the clientId at once.
+
+    For a clientId left "in use" by a bot that died or hangs. `relay status` lists the clientIds.
+    Only the user who runs the relay can do this: it needs the secret in the relay's record, which
+    only that user can read.
+    """
+    from . import control, registry
+    relays = [rec for rec in registry.live() if rec.get("control_port") and rec.get("control_token")]
+    if not relays:
+        click.echo(f"relay: no running relay of yours found in {registry.default_dir()} (is it running, as "
+                   f"this user?)", err=True)
+        sys.exit(EXIT_FAIL)
+    errors = []
+    for rec in relays:
+        answer = asyncio.run(control.ask(rec["control_port"], {"token": rec["control_token"], "action": "kick",
+                                                                "client_id": client_id, "route": route}))
+        if answer.get("ok"):
+            for k in answer["kicked"]:
+                click.echo(f"closed clientId {k['client_id']} on route {k['route']} (peer {k['peer']}), relay pid "
+                           f"{rec['pid']}: TWS frees the clientId now")
+            return
+        errors.append(f"pid {rec['pid']}: {answer.get('error')}")
+    click.echo("relay: clientId not closed: " + "; ".join(errors), err=True)
+    sys.exit(EXIT_FAIL)
+
+
+@main.command()
 @click.option("--config", "config_path", metavar="FILE", help="relay.yaml to check (host side).")
 @click.option("--side", type=click.Choice(["auto", "host", "wsl"]), default="auto", show_default=True,
               help="host: the Windows (relay) side; wsl: the bot's side. auto: host on Windows, else wsl.")

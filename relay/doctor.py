@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import config as cfg, hostnet, registry
+from . import config as cfg, hostnet, registry, tws
 from .wsl import discover as wsl
 from .discovery import DEFAULT_PORT as DISCOVERY_PORT, fetch_status, target_up
 
@@ -49,8 +49,59 @@ def excluded(port: int, ranges: List[Tuple[int, int]]) -> Optional[Tuple[int, in
     return next((r for r in ranges if r[0] <= port <= r[1]), None)
 
 
-def classify_owner(process_name: str) -> Tuple[str, bool]:
-    """(what owns the target port, whether that is plausibly TWS / IB Gateway)."""
+@dataclass(frozen=True)
+class PortProxy:
+    listen_address: str
+    listen_port: int
+    connect_address: str
+    connect_port: int
+
+
+def parse_portproxy(netsh_output: str) -> List[PortProxy]:
+    """Rules from `netsh interface portproxy show all` (every v4tov4 / v4tov6 / ... table)."""
+    rules = []
+    for line in netsh_output.splitlines():
+        cols = line.split()
+        if len(cols) == 4 and cols[1].isdigit() and cols[3].isdigit():
+            rules.append(PortProxy(cols[0], int(cols[1]), cols[2], int(cols[3])))
+    return rules
+
+
+def portproxy_checks(rules: List[PortProxy], tws_ports: List[int], relay_ports: List[int]) -> List[Check]:
+    """A portproxy rule on TWS's port makes TWS's own bind fail after a reboot (iphlpsvc holds the
+    port first); one on a relay port takes the relay's place."""
+    checks = []
+    for rule in rules:
+        what = ("TWS's API port" if rule.listen_port in tws_ports else
+                "a relay port" if rule.listen_port in relay_ports else None)
+        if what is None:
+            continue
+        checks.append(Check(f"portproxy on {rule.listen_port}", FAIL,
+                            f"a `netsh interface portproxy` rule listens on {rule.listen_address}:{rule.listen_port} "
+                            f"({what}) and forwards to {rule.connect_address}:{rule.connect_port}; the IP Helper "
+                            f"service holds that port, so " + ("TWS cannot bind its API port after a reboot" if
+                                                                what.startswith("TWS") else "the relay cannot listen"),
+                            f"in an administrator prompt: netsh interface portproxy delete v4tov4 "
+                            f"listenport={rule.listen_port} listenaddress={rule.listen_address}  (the relay replaces "
+                            f"this workaround)"))
+    return checks
+
+
+def services_by_pid(services) -> Dict[int, List[str]]:
+    """{pid: [service names]} from psutil.win_service_iter()-shaped records (name, pid)."""
+    found: Dict[int, List[str]] = {}
+    for name, pid in services:
+        if pid:
+            found.setdefault(pid, []).append(name)
+    return found
+
+
+def classify_owner(process_name: str, services: Optional[List[str]] = None) -> Tuple[str, bool]:
+    """(what owns the target port, whether that is plausibly TWS / IB Gateway). `services`: the
+    Windows services running in that process (a svchost.exe hosts several)."""
+    if services and "iphlpsvc" in [s.lower() for s in services]:
+        return ("the IP Helper service (iphlpsvc, in svchost.exe): a `netsh interface portproxy` rule holds "
+                "this port, not TWS"), False
     n = process_name.lower()
     if n.startswith("tws"):
         return "TWS", True
@@ -77,6 +128,26 @@ def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
     except (OSError, subprocess.SubprocessError):
         return None
     return parse_excluded_ranges(out)
+
+
+def _netsh_portproxy() -> Optional[List[PortProxy]]:
+    exe = shutil.which("netsh")
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, "interface", "portproxy", "show", "all"], capture_output=True, text=True,
+                             timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_portproxy(out)
+
+
+def _windows_services() -> Dict[int, List[str]]:
+    try:
+        import psutil
+        return services_by_pid((s.name(), s.pid()) for s in psutil.win_service_iter() if s.status() == "running")
+    except Exception:   # not Windows, or access denied: the service names are a bonus
+        return {}
 
 
 async def running_relays(extra_ports=(), run_dir: Optional[str] = None) -> List[dict]:
@@ -153,7 +224,7 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
             if owner is None:
                 checks.append(Check(f"{r.name}: target {t}", PASS, "listening (owner unknown)"))
             else:
-                what, ok = classify_owner(owner[1])
+                what, ok = classify_owner(owner[1], _windows_services().get(owner[0]) if platform == "win32" else None)
                 checks.append(Check(f"{r.name}: target {t}", PASS if ok else WARN, f"listening: {what}",
                                     "" if ok else f"is {t.port} really TWS's API port?"))
         else:
@@ -163,7 +234,21 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
             continue
         v = await wsl.probe(t.host, t.port, 3, "TWS API", via_relay=False)
         checks.append(Check(f"{r.name}: API handshake", PASS if v.status == "ok" else FAIL, v.detail,
-                            "" if v.status == "ok" else "check the API settings in TWS / IB Gateway"))
+                            "" if v.status == "ok" else "restart TWS / IB Gateway" if v.status == "wedged"
+                            else "check the API settings in TWS / IB Gateway"))
+
+    for r in (running or {}).get("routes", []):
+        if r.get("state") == "target-wedged":
+            checks.append(Check(f"{r['name']}: relay state", FAIL, "target-wedged: the relay saw TWS accept and "
+                                "not answer the API, and refuses new bots until it answers",
+                                "restart TWS / IB Gateway; the route listens again on its own once TWS answers"))
+
+    if platform == "win32":
+        proxies = _netsh_portproxy()
+        if proxies is not None:
+            tws_ports = sorted({r.target.port for r in config.routes} | set(tws.DEFAULT_PORTS.values()))
+            found = portproxy_checks(proxies, tws_ports, relay_ports)
+            checks += found or [Check("netsh portproxy", PASS, "no portproxy rule on a TWS or relay port")]
 
     for r in config.routes:
         port = r.listen.port

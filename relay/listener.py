@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import discovery, hostnet, registry, sockopts, tws
+from . import control, discovery, hostnet, registry, sockopts, tws
 from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint, ConfigError
 from .logs import RateLimit, event
 from .pump import Splice
@@ -142,12 +142,7 @@ class RouteServer:
             if allow != self.allow:
                 self.allow, self.verdicts = allow, {}
         if target == "wedged":
-            self.stop_accepting()        # as for a downed target: refused at once, not a 4 s hang
-            self.set_state("target-wedged", target=str(self.route.target),
-                           saw=self.wedged_saw or f"it accepts connections but sent no API version reply within "
-                                                  f"{tws.REPLY_TIMEOUT:g} s",
-                           note="not listening until TWS answers the API again; restart TWS / IB Gateway if it "
-                                "stays so")
+            self._wedged()
             return
         if target != "up":
             self.stop_accepting()        # a client now gets "connection refused" at once
@@ -281,7 +276,14 @@ class RouteServer:
             self.set_state("target-wedged", target=str(self.route.target), saw=self.wedged_saw,
                            note="still listening (target_check is off); clears when TWS answers a bot again")
         else:
-            self.on_target_failure()
+            self._wedged()               # the handshake checks from now on tell when it answers again
+
+    def _wedged(self) -> None:
+        self.stop_accepting()            # as for a downed target: refused at once, not a 4 s hang
+        self.set_state("target-wedged", target=str(self.route.target),
+                       saw=self.wedged_saw or f"it accepts connections but sent no API version reply within "
+                                              f"{tws.REPLY_TIMEOUT:g} s",
+                       note="not listening until TWS answers the API again; restart TWS / IB Gateway if it stays so")
 
     def finished(self, splice: Splice) -> None:
         if splice not in self.active:
@@ -370,6 +372,7 @@ class Relay:
                                                                               for r in routes))
                 server.answer = lambda server=server, routes=routes: self.discovery_answer(server, routes)
                 self.discovery.append((server, routes))
+        self.control = control.ControlServer(control.new_token(), self.act)
         self.status: Optional[discovery.AnswerServer] = None
         if s.status_port is not None:
             self.status = discovery.AnswerServer("status", s.status_port, self.status_answer,
@@ -404,6 +407,11 @@ class Relay:
                 await self._bind_discovery(server, routes)
         if self.status is not None:
             await self._bind_status()
+        try:
+            await self.control.bind()
+        except OSError as e:
+            event(log, logging.WARNING, "control-off", error=e.strerror or str(e),
+                  note="`relay kick` cannot reach this relay")
         self.record = registry.register(self.registry_record(), self.run_dir)
         if self.needs_supervisor:
             await self.tick()            # the first look happens before serving starts in earnest
@@ -455,6 +463,7 @@ class Relay:
         return {"version": discovery.__version__, "config": self.source,
                 "status_port": self.status.port if self.status and self.status.server else None,
                 "discovery_port": s.discovery_port,
+                "control_port": self.control.port, "control_token": self.control.token,
                 "routes": [{"name": r.route.name, "port": r.address.port, "target": str(r.route.target)}
                            for r in self.routes]}
 
@@ -510,8 +519,32 @@ class Relay:
             server.close()
         if self.status is not None:
             self.status.close()
+        self.control.close()
         registry.unregister(self.record)
         self.record = None
+
+    def act(self, request: dict) -> dict:
+        """A control request that carried this run's secret."""
+        if request.get("action") != "kick":
+            return {"ok": False, "error": f"unknown action {request.get('action')!r}"}
+        client_id, route = request.get("client_id"), request.get("route")
+        if isinstance(client_id, bool) or not isinstance(client_id, int):
+            return {"ok": False, "error": "client_id must be a whole number"}
+        held = [(r, sp) for r in self.routes if route in (None, r.route.name) for sp in r.active
+                if sp.client_id == client_id]
+        if not held:
+            where = f" on route {route}" if route else ""
+            return {"ok": False, "error": f"no connection holds clientId {client_id}{where} through this relay"}
+        if len({r.route.name for r, _ in held}) > 1:
+            names = ", ".join(sorted({r.route.name for r, _ in held}))
+            return {"ok": False, "error": f"clientId {client_id} is held on several routes ({names}): pass --route"}
+        kicked = []
+        for r, sp in held:
+            event(log, logging.WARNING, "kicked", route=r.route.name, peer=sp.peer, client_id=client_id,
+                  note="both legs closed so TWS frees the clientId now")
+            sp.abort("relay (kicked)")
+            kicked.append({"route": r.route.name, "peer": sp.peer, "client_id": client_id})
+        return {"ok": True, "kicked": kicked}
 
     async def discovery_answer(self, server: discovery.AnswerServer, routes: List[RouteServer]) -> bytes:
         """This relay's routes on this address, then those of the other relays on the same address

@@ -45,16 +45,32 @@ def _started(pid: int) -> Optional[float]:
         return None
 
 
+def private(folder: str) -> bool:
+    """Only this user can read what is in `folder` (POSIX: ours, no group/other access). On
+    Windows the folder is under %LOCALAPPDATA%, which only its user can read."""
+    if not hasattr(os, "getuid"):
+        return True
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
 def register(record: dict, folder: Optional[str] = None) -> Optional[str]:
-    """Write this process's record (atomically); return its path, or None if the folder is unusable
-    (a relay still serves without it: the record is a convenience)."""
+    """Write this process's record (atomically, readable by this user only); return its path, or
+    None if the folder is unusable (a relay still serves without it: the record is a convenience).
+    A secret in the record (`control_token`) is written only into a private folder."""
     folder = folder or default_dir()
     pid = os.getpid()
     doc = dict(record, pid=pid, started=_started(pid))
     path = os.path.join(folder, f"relay-{pid}.json")
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".relay-", dir=folder)
+        if "control_token" in doc and not private(folder):
+            doc.pop("control_token")
+            doc["control_port"] = None
+        fd, tmp = tempfile.mkstemp(prefix=".relay-", dir=folder)     # mkstemp: mode 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(doc, f)
         os.replace(tmp, path)

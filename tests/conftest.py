@@ -70,3 +70,14 @@ def run(loop_kind):
             loop.close()
 
     return _run
+
+
+@pytest.fixture
+def stand_in_tws():
+    """A stand-in TWS process on 127.0.0.1 at a free port: (port, Proc)."""
+    from helpers import Proc, free_port
+    port = free_port()
+    p = Proc([sys.executable, os.path.join(os.path.dirname(__file__), "fake_tws.py"), str(port), "--host", "127.0.0.1"])
+    p.wait_line("listening")
+    yield port, p
+    p.kill()

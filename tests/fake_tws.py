@@ -66,6 +66,8 @@ class FakeTws:
         self.client_ids = []     # clientIds seen in startApi
         self.connected = asyncio.Event()
         self.resets = 0
+        self.hellos = 0          # connections that sent the API hello (bots and handshake probes)
+        self.accepted = 0        # every TCP connection (bots, connect checks, handshake checks)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -75,6 +77,7 @@ class FakeTws:
         self.server.close()
 
     async def _serve(self, reader, writer):
+        self.accepted += 1
         peer = writer.get_extra_info("peername")[0]
         if self.local_only and not ipaddress.ip_address(peer).is_loopback:
             sock = writer.get_extra_info("socket")
@@ -84,11 +87,14 @@ class FakeTws:
             return
         try:
             if self.mode == "silent":
+                if await reader.read(4) == b"API\0":
+                    self.hellos += 1
                 await reader.read()                # accepts and never says a word
                 return
             if await reader.readexactly(4) != b"API\0":
                 writer.close()
                 return
+            self.hellos += 1
             n = struct.unpack(">I", await reader.readexactly(4))[0]
             hello = (await reader.readexactly(n)).decode()           # "v157..178[ options]"
             client_max = int(hello.split(" ")[0].split("..")[1])

@@ -4,10 +4,12 @@ import os
 import queue
 import socket
 import subprocess
+import struct
 import threading
 import time
 from typing import Awaitable, Callable, List, Optional
 
+from relay import tws
 from relay.config import Config, Endpoint, Route, Settings
 from relay.listener import Relay
 
@@ -189,3 +191,31 @@ class Proc:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+# -- a relay.yaml and a bot session for the CLI tests
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_config(tmp_path, tws_port, **extra):
+    ports = {"listen": free_port(), "discovery": free_port(), "status": free_port()}
+    conf = tmp_path / "relay.yaml"
+    conf.write_text(f"routes:\n  - name: tws-paper\n    listen: 127.0.0.1:{ports['listen']}\n"
+                    f"    target: 127.0.0.1:{tws_port}\n"
+                    f"discovery_port: {ports['discovery']}\nstatus_port: {ports['status']}\n"
+                    + "".join(f"{k}: {v}\n" for k, v in extra.items()))
+    return conf, ports
+
+
+def bot_session(port, client_id):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(tws.client_hello(157, 178))
+    size = struct.unpack(">I", s.recv(4))[0]
+    s.recv(size)
+    s.sendall(tws.fields_message(71, 2, client_id, ""))
+    s.recv(4096)       # managedAccounts / nextValidId: the session is up
+    return s

@@ -2,14 +2,13 @@
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 
 import pytest
 
-from helpers import Proc
-from relay import doctor, tws
+from helpers import Proc, bot_session, free_port, write_config
+from relay import doctor
 
 HERE = os.path.dirname(__file__)
 RELAY = [sys.executable, "-m", "relay"]
@@ -50,31 +49,6 @@ def test_firewall_rule_is_port_scoped_any_profile_private_ranges():
     assert "-Direction Inbound" in rule and "-Action Allow" in rule
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def stand_in_tws():
-    port = free_port()
-    p = Proc([sys.executable, os.path.join(HERE, "fake_tws.py"), str(port), "--host", "127.0.0.1"])
-    p.wait_line("listening")
-    yield port, p
-    p.kill()
-
-
-def write_config(tmp_path, tws_port, **extra):
-    ports = {"listen": free_port(), "discovery": free_port(), "status": free_port()}
-    conf = tmp_path / "relay.yaml"
-    conf.write_text(f"routes:\n  - name: tws-paper\n    listen: 127.0.0.1:{ports['listen']}\n"
-                    f"    target: 127.0.0.1:{tws_port}\n"
-                    f"discovery_port: {ports['discovery']}\nstatus_port: {ports['status']}\n"
-                    + "".join(f"{k}: {v}\n" for k, v in extra.items()))
-    return conf, ports
-
-
 def run_cli(*args):
     return subprocess.run(RELAY + list(args), capture_output=True, text=True, timeout=60)
 
@@ -106,16 +80,6 @@ def test_doctor_reports_a_bad_config_and_a_busy_port(tmp_path, stand_in_tws):
     with socket.create_server(("127.0.0.1", ports["listen"])):
         r = run_cli("doctor", "--side", "host", "--config", str(conf))
     assert r.returncode == 1 and "already listens" in r.stdout
-
-
-def bot_session(port, client_id):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(tws.client_hello(157, 178))
-    size = struct.unpack(">I", s.recv(4))[0]
-    s.recv(size)
-    s.sendall(tws.fields_message(71, 2, client_id, ""))
-    s.recv(4096)       # managedAccounts / nextValidId: the session is up
-    return s
 
 
 def test_status_and_doctor_with_a_running_relay(tmp_path, stand_in_tws):
@@ -177,3 +141,59 @@ def test_doctor_passes_only_on_evidence_about_this_config(tmp_path, stand_in_tws
                f"{relay.proc.pid} (config {other})" in r.stdout, r.stdout
     finally:
         relay.kill()
+
+
+PORTPROXY = """
+Listen on ipv4:             Connect to ipv4:
+
+Address         Port        Address         Port
+--------------- ----------  --------------- ----------
+0.0.0.0         7497        172.24.40.7     7497
+127.0.0.1       8080        127.0.0.1       80
+172.24.32.1     17497       127.0.0.1       7497
+
+"""
+
+
+def test_a_stale_portproxy_rule_on_a_tws_or_relay_port_is_named_with_its_removal():
+    rules = doctor.parse_portproxy(PORTPROXY)
+    assert rules[0] == doctor.PortProxy("0.0.0.0", 7497, "172.24.40.7", 7497) and len(rules) == 3
+    checks = doctor.portproxy_checks(rules, tws_ports=[7496, 7497], relay_ports=[17497])
+    assert [c.name for c in checks] == ["portproxy on 7497", "portproxy on 17497"]
+    assert all(c.status == doctor.FAIL for c in checks)
+    assert "TWS cannot bind its API port after a reboot" in checks[0].detail
+    assert "netsh interface portproxy delete v4tov4 listenport=7497 listenaddress=0.0.0.0" in checks[0].fix
+    assert "the relay cannot listen" in checks[1].detail
+    assert doctor.parse_portproxy("The system cannot find the file specified.\n") == []
+
+
+def test_the_ip_helper_service_holding_a_port_is_not_taken_for_tws():
+    services = doctor.services_by_pid([("iphlpsvc", 2412), ("Winmgmt", 2412), ("Dnscache", 1880), ("Stopped", 0)])
+    assert services == {2412: ["iphlpsvc", "Winmgmt"], 1880: ["Dnscache"]}
+    what, ok = doctor.classify_owner("svchost.exe", services[2412])
+    assert not ok and "IP Helper service (iphlpsvc" in what and "portproxy" in what
+    assert doctor.classify_owner("svchost.exe", services[1880]) == ("svchost.exe, not TWS or IB Gateway", False)
+
+
+def test_doctor_calls_a_wedged_tws_wedged(tmp_path):
+    port = free_port()
+    silent = Proc([sys.executable, os.path.join(HERE, "fake_tws.py"), str(port), "--host", "127.0.0.1",
+                   "--mode", "silent"])
+    try:
+        silent.wait_line("listening")
+        conf, ports = write_config(tmp_path, port, target_check="handshake")
+        relay = Proc(RELAY + ["serve", "--config", str(conf)])
+        try:
+            wedged = relay.wait_line("target-wedged", timeout=15)         # the log line
+            assert "no API version reply" in wedged and "restart TWS" in wedged
+            st = run_cli("status", "--port", str(ports["status"]))        # the status state
+            assert "route tws-paper: target-wedged" in st.stdout, st.stdout
+            r = run_cli("doctor", "--side", "host", "--config", str(conf))  # the doctor verdicts
+            assert r.returncode == 1
+            assert "[FAIL] tws-paper: API handshake: TWS / IB Gateway accepted the connection but never answered" \
+                in r.stdout and "fix: restart TWS / IB Gateway" in r.stdout, r.stdout
+            assert "[FAIL] tws-paper: relay state: target-wedged" in r.stdout
+        finally:
+            relay.kill()
+    finally:
+        silent.kill()
