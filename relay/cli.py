@@ -131,12 +131,18 @@ class CannotStart(Exception):
 
 
 def run(settings: cfg.Settings, loop_choice: str, source_note: str, make) -> int:
-    setup_logging(settings.log_level, settings.log_format)
+    from . import logs
+    log_file = logs.log_file_for(settings.log_file, logs.has_console(), sys.platform, os.environ)
+    try:
+        setup_logging(settings.log_level, settings.log_format, file=log_file)
+    except logs.LogFileError as e:
+        fail(str(e))
     try:
         name, why = loops.choose(loop_choice, sys.platform, loops.installed_versions())
     except loops.LoopError as e:
         fail(str(e))
-    event(log, logging.INFO, "starting", version=__version__, config=source_note, loop=name, loop_choice=why)
+    event(log, logging.INFO, "starting", version=__version__, config=source_note, loop=name, loop_choice=why,
+          log_file=log_file or "none (stderr)")
     loop = loops.factory(name)()
     asyncio.set_event_loop(loop)
     try:
@@ -170,6 +176,8 @@ def main(ctx: click.Context) -> None:
 
     With no command, serves the routes of relay.yaml (same as `relay serve`).
     """
+    from .logs import guard_standard_fds
+    guard_standard_fds()
     if ctx.invoked_subcommand is None:
         ctx.invoke(serve)
 
@@ -198,8 +206,11 @@ def main(ctx: click.Context) -> None:
               help="Event loop (default from config, else auto: uvloop, winloop on Windows, else asyncio).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
+@click.option("--log-file", metavar="PATH", default=None,
+              help="Also log to this rotating file ('off': never). Default: log.file, else a file only when there "
+                   "is no console (%LOCALAPPDATA%\\relay\\logs\\relay.log, ~/.local/state/relay/relay.log).")
 def serve(config_path, listen, target, allow, max_connections, name, discovery_port, status_port,
-          expose_to_all_networks, loop_choice, log_format, log_level) -> None:
+          expose_to_all_networks, loop_choice, log_format, log_level, log_file) -> None:
     """Serve routes: from relay.yaml, or one route given by --listen and --target.
 
     \b
@@ -228,7 +239,7 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
                  "in relay.yaml use 'allow:', 'name:', 'discovery_port:' and 'status_port:'")
         config, source_note = _load(config_path)
     config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks,
-                              log_format=log_format, log_level=log_level)
+                              log_format=log_format, log_level=log_level, log_file=log_file)
 
     async def make():
         return Relay(config)
@@ -391,7 +402,10 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
 @click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default="auto", show_default=True)
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default="info", show_default=True)
-def wsl_forward(host, routes, discovery_port, timeout, status_port, loop_choice, log_format, log_level) -> None:
+@click.option("--log-file", metavar="PATH", default=None,
+              help="Also log to this rotating file ('off': never). Default: a file only when there is no console.")
+def wsl_forward(host, routes, discovery_port, timeout, status_port, loop_choice, log_format, log_level,
+                log_file) -> None:
     """Let bots in WSL connect to 127.0.0.1:7497 (TWS's own ports) unchanged.
 
     \b
@@ -410,7 +424,7 @@ def wsl_forward(host, routes, discovery_port, timeout, status_port, loop_choice,
         for line in lines:
             click.echo(line)
         sys.exit(code)
-    settings = cfg.Settings(status_port=status_port, log_level=log_level, log_format=log_format)
+    settings = cfg.Settings(status_port=status_port, log_level=log_level, log_format=log_format, log_file=log_file)
 
     async def make():
         located = await forward.locate(facts, host, discovery_port, timeout)
@@ -475,7 +489,7 @@ def status(port, as_json) -> None:
         return
     for doc in docs:
         click.echo(f"tws-relay {doc.get('version')}, pid {doc.get('pid')}, up {doc.get('up_seconds')} s, "
-                   f"config {doc.get('config')}")
+                   f"config {doc.get('config')}, log {doc.get('log_file') or 'to its console'}")
         for r in doc.get("routes", []):
             target = {True: "up", False: "down", None: "not checked"}[r.get("target_up")]
             click.echo(f"  route {r['name']}: {r['state']}  {r['listen']} -> {r['target']} (target {target})  "
@@ -487,6 +501,37 @@ def status(port, as_json) -> None:
                            f"down {c['bytes_down']} B  age {c['age']} s{process}")
                 if c.get("reason"):
                     click.echo(f"          why: {c['reason']}")
+
+
+@main.command("logs")
+@click.option("-n", "count", type=click.IntRange(0, 100000), default=40, show_default=True,
+              help="How many of the last lines to print.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come (Ctrl+C stops).")
+@click.option("--file", "path", metavar="PATH", help="A log file to read (default: the running relay's).")
+def logs_command(count, follow, path) -> None:
+    """Print the end of the running relay's log file (and follow it with -f), wherever it is."""
+    from . import logs, registry
+    if path is None:
+        files = [rec["log_file"] for rec in registry.live() if rec.get("log_file")]
+        fallback = logs.default_log_file(sys.platform, os.environ)
+        path = files[0] if files else fallback if fallback and os.path.exists(fallback) else None
+        if path is None:
+            fail("no log file found: a relay started from a console logs to that console (set log.file, or "
+                 "--log-file, to keep a file)")
+        if len(set(files)) > 1:
+            click.echo(f"(several relays run; this is {path}; the others: {', '.join(sorted(set(files) - {path}))})",
+                       err=True)
+    try:
+        lines, offset = logs.tail(path, count)
+        for line in lines:
+            click.echo(line)
+        if follow:
+            for line in logs.follow(path, offset):
+                click.echo(line)
+    except FileNotFoundError:
+        fail(f"{path}: no such log file")
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

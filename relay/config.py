@@ -77,6 +77,8 @@ class Settings:
     status_port: Optional[int] = 17401
     log_level: str = "info"
     log_format: str = "text"
+    # A rotating log file (None: only when there is no console; "off": never).
+    log_file: Optional[str] = None
     loop: str = "auto"
 
 
@@ -109,7 +111,7 @@ _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown
              "status_port", "log", "loop")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
-_LOG_KEYS = ("level", "format")
+_LOG_KEYS = ("level", "format", "file")
 _LISTEN_KEYS = ("interface", "port")
 
 
@@ -274,6 +276,14 @@ def parse_settings(doc: dict) -> Settings:
             kw["log_level"] = _choice(log["level"], "log.level", LOG_LEVELS)
         if "format" in log:
             kw["log_format"] = _choice(log["format"], "log.format", LOG_FORMATS)
+        if "file" in log:
+            v = log["file"]
+            if v is False:
+                kw["log_file"] = "off"
+            elif isinstance(v, str) and v.strip():
+                kw["log_file"] = v.strip()
+            else:
+                raise ConfigError(f"expected a file path, or false, got {_kind(v)}", "log.file")
     if "loop" in doc:
         kw["loop"] = _choice(doc["loop"], "loop", LOOPS)
     return Settings(**kw)

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import control, discovery, hostnet, registry, sockopts, tws
+from . import control, discovery, hostnet, logs, registry, sockopts, tws
 from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint, ConfigError
 from .logs import RateLimit, event
 from .pump import Splice
@@ -464,6 +464,7 @@ class Relay:
                 "status_port": self.status.port if self.status and self.status.server else None,
                 "discovery_port": s.discovery_port,
                 "control_port": self.control.port, "control_token": self.control.token,
+                "log_file": logs.current_file,
                 "routes": [{"name": r.route.name, "port": r.address.port, "target": str(r.route.target)}
                            for r in self.routes]}
 
@@ -571,7 +572,7 @@ class Relay:
         now = time.monotonic()
         doc = {"service": discovery.SERVICE, "kind": "status", "protocol": discovery.PROTOCOL,
                "version": discovery.__version__, "pid": os.getpid(), "up_seconds": round(time.time() - self.started),
-               "config": self.source,
+               "config": self.source, "log_file": logs.current_file,
                "routes": [{"name": r.route.name, "state": r.state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,

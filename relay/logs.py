@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import os
 import sys
 import time
-from typing import Any, Dict, Optional, TextIO, Tuple
+from typing import Any, Dict, List, Mapping, Optional, TextIO, Tuple
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -47,13 +49,82 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
-def setup(level: str = "info", fmt: str = "text", stream: Optional[TextIO] = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+MAX_BYTES = 10 * 1024 * 1024     # one log file's size before it rotates
+BACKUPS = 5                       # rotated files kept: relay.log.1 ... relay.log.5
+OFF = "off"                       # log.file: false -- never a file, even without a console
+current_file: Optional[str] = None   # where this process logs, for the status answer and its record
+
+
+class LogFileError(Exception):
+    """The log file cannot be opened; the message names it and says why."""
+
+
+def default_log_file(platform: str, env: Mapping[str, str]) -> Optional[str]:
+    """Where the log goes when no console can show it. Pure."""
+    if platform == "win32":
+        base = env.get("LOCALAPPDATA") or env.get("APPDATA")
+        return "\\".join((base.rstrip("\\/"), "relay", "logs", "relay.log")) if base else None
+    state = env.get("XDG_STATE_HOME") or (os.path.join(env["HOME"], ".local", "state") if env.get("HOME") else None)
+    return os.path.join(state, "relay", "relay.log") if state else None
+
+
+def log_file_for(setting: Optional[str], console: bool, platform: str, env: Mapping[str, str]) -> Optional[str]:
+    """The log file to write: the one set (log.file / --log-file), else the default when there is no
+    console (the logon task, a windowed exe, pythonw), else none (the console's stderr). Pure."""
+    if setting == OFF:
+        return None
+    if setting:
+        return os.path.expanduser(os.path.expandvars(setting))
+    return None if console else default_log_file(platform, env)
+
+
+def guard_standard_fds() -> None:
+    """Point a closed stdin/stdout/stderr descriptor at the null device. Started with them closed
+    (a service manager, a windowed launcher), the relay's own sockets and its loop's descriptors
+    would take numbers 0-2, and whatever later writes to "stderr" (Python, the loop library) would
+    write into a socket; uvloop aborts the process at exit then."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
+def has_console() -> bool:
+    """False under pythonw or a windowed exe (and with stderr closed), where sys.stderr is None."""
+    return sys.stderr is not None
+
+
+def setup(level: str = "info", fmt: str = "text", stream: Optional[TextIO] = None, file: Optional[str] = None,
+          max_bytes: int = MAX_BYTES, backups: int = BACKUPS) -> None:
+    """Log to the console's stderr (when there is one) and to a rotating `file` (when given).
+    Raises LogFileError if the file cannot be opened."""
+    global current_file
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    handlers: List[logging.Handler] = []
+    stream = stream or sys.stderr
+    if stream is not None:
+        handlers.append(logging.StreamHandler(stream))
+    if file:
+        try:
+            folder = os.path.dirname(os.path.abspath(file))
+            os.makedirs(folder, exist_ok=True)
+            handlers.append(logging.handlers.RotatingFileHandler(file, maxBytes=max_bytes, backupCount=backups,
+                                                                 encoding="utf-8"))
+        except OSError as e:
+            raise LogFileError(f"cannot open the log file {file}: {e.strerror or e}") from None
+    for h in handlers:
+        h.setFormatter(formatter)
     root = logging.getLogger("relay")
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        old.close()
+    root.handlers[:] = handlers or [logging.NullHandler()]
     root.setLevel(LEVELS[level])
     root.propagate = False
+    current_file = os.path.abspath(file) if file else None
 
 
 class RateLimit:
@@ -76,3 +147,51 @@ class RateLimit:
         if len(self.state) > 4096:   # a scan from many addresses must not grow this without bound
             self.state = {k: v for k, v in self.state.items() if now - v[0] < self.window}
         return False, 0
+
+
+# ------------------------------------------------------------------------------ reading a log file
+
+def tail(path: str, count: int, block: int = 64 * 1024) -> Tuple[List[str], int]:
+    """(the last `count` lines of a file, the offset they end at: where following starts)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        end = size = f.tell()
+        data = b""
+        while count and end > 0 and data.count(b"\n") <= count:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start) + data
+            end = start
+    lines = data.decode("utf-8", "replace").splitlines()
+    return (lines[-count:] if count else []), size
+
+
+def follow(path: str, offset: int = 0, poll: float = 0.25, stop=lambda: False):
+    """Lines of a log file from `offset` on, as they are written, across rotations (the file
+    renamed to .1 and a new one started). Ends when `stop()` says so."""
+    f = open(path, "rb")
+    ident = os.fstat(f.fileno())
+    f.seek(offset if offset <= ident.st_size else 0)     # rotated since the offset: a new file
+    pending = b""
+    try:
+        while not stop():
+            chunk = f.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", "replace")
+                continue
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and ((now.st_ino, now.st_dev) != (ident.st_ino, ident.st_dev)
+                                    or now.st_size < f.tell()):
+                f.close()                 # rotated: read the new file from its start
+                f = open(path, "rb")
+                ident = os.fstat(f.fileno())
+                continue
+            time.sleep(poll)
+    finally:
+        f.close()

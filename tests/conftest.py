@@ -20,8 +20,32 @@ settings.register_profile("default", deadline=None, suppress_health_check=[Healt
 settings.register_profile("ci", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=False)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
-# Every async test runs once per event loop the relay supports here.
-LOOP_KINDS = ["asyncio"] + (["uvloop"] if loops.installed_versions().get("uvloop") else [])
+# Every async test runs once per event loop the relay supports here: the default loop (Proactor on
+# Windows), and uvloop (Linux, macOS) or winloop (Windows) where installed.
+LOOP_KINDS = ["asyncio"] + [name for name, version in loops.installed_versions().items() if version]
+
+# Platform-bound tests skip elsewhere with the reason; whole modules that are Linux by nature:
+LINUX_MODULES = {
+    "test_vanish": "builds Linux network namespaces",
+    "test_e2e_wsl": "builds Linux network namespaces",
+    "test_forward": "builds Linux network namespaces and plays WSL (a Linux guest)",
+    "test_several_relays": "builds Linux network namespaces",
+    "test_autostart": "the WSL side's login start: systemd and ~/.profile",
+    "test_kick": "checks POSIX file modes and acts as another user with setpriv",
+    "test_readme": "runs the bash scripts (Windows runs the .cmd twins)",
+}
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="Linux only: POSIX signals sent to a child process")
+windows_only = pytest.mark.skipif(sys.platform != "win32", reason="Windows only: runs the real Windows call")
+
+
+def pytest_collection_modifyitems(config, items):
+    if sys.platform.startswith("linux"):
+        return
+    for item in items:
+        why = LINUX_MODULES.get(item.module.__name__)
+        if why:
+            item.add_marker(pytest.mark.skip(reason=f"Linux only: {why}"))
 
 
 # The official TWS API builds on PyPI each ship a top-level `ibapi`: each goes into a folder of its

@@ -98,6 +98,15 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str
         await asyncio.sleep(0.005)
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    """wait_for for code outside an event loop: poll a condition (cheap, bounded)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
 async def read_all(reader: asyncio.StreamReader) -> bytes:
     chunks = []
     while True:
@@ -115,23 +124,17 @@ def reset(writer: asyncio.StreamWriter) -> None:
 
 
 def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+    """This process's open descriptors (handles on Windows), through psutil on every OS."""
+    import psutil
+    me = psutil.Process()
+    return me.num_handles() if hasattr(me, "num_handles") else me.num_fds()
 
 
 def tcp_states(ports) -> List[str]:
-    """TCP states of this machine's sockets whose local port is in `ports` (from /proc/net/tcp*)."""
-    names = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
-             "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
-    out = []
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(path) as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                port = int(parts[1].rsplit(":", 1)[1], 16)
-                if port in ports:
-                    out.append(names.get(parts[3], parts[3]))
-    return out
+    """TCP states of this machine's sockets whose local port is in `ports`, through psutil on
+    every OS ('ESTABLISHED', 'CLOSE_WAIT', 'LISTEN', 'TIME_WAIT', ...)."""
+    import psutil
+    return [c.status for c in psutil.net_connections(kind="tcp") if c.laddr and c.laddr.port in ports]
 
 
 class Proc:

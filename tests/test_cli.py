@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from conftest import linux_only, windows_only
 from helpers import Proc, tcp_states
 
 RELAY = [sys.executable, "-m", "relay"]
@@ -110,6 +111,7 @@ def test_port_in_use_exits_2_with_hint():
     assert r.returncode == 2 and "already listens" in out and "Traceback" not in out
 
 
+@linux_only
 def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigterm(tmp_path, echo_server):
     (tmp_path / "relay.yaml").write_text(
         f"routes:\n  - name: paper\n    listen: 127.0.0.1:0\n    target: 127.0.0.1:{echo_server}\n"
@@ -137,6 +139,7 @@ def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigter
         relay.kill()
 
 
+@linux_only
 def test_one_route_form_with_json_logs_and_sigint(echo_server):
     relay = RelayProcess("serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
                          "--allow", "127.0.0.0/8", "--max-connections", "3", "--log-format", "json", "--loop", "asyncio")
@@ -155,6 +158,7 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         relay.kill()
 
 
+@linux_only
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 @pytest.mark.parametrize("first", ["SIGTERM", "SIGINT"])
 def test_second_signal_cuts_connections_at_once_without_a_traceback(tmp_path, echo_server, loop, first):
@@ -192,3 +196,21 @@ def test_out_of_range_ports_and_check_without_a_file_say_what_is_wrong(tmp_path)
     assert r.returncode == 2 and "no relay.yaml found" in r.stderr and "--listen" not in r.stderr
     r = run_relay("serve", "--status-port", "17999", cwd=tmp_path)
     assert r.returncode == 2 and "--status-port belong(s) to the one-route form" in r.stderr
+
+
+@windows_only
+def test_ctrl_break_stops_the_relay_cleanly_on_windows(echo_server):
+    """Windows has no SIGTERM/SIGINT to send: Ctrl+Break (SIGBREAK) to the relay's own process group."""
+    import subprocess as sp
+    relay = sp.Popen(RELAY + ["serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
+                              "--status-port", "off", "--discovery-port", "off"],
+                     stdout=sp.PIPE, stderr=sp.STDOUT, text=True, creationflags=sp.CREATE_NEW_PROCESS_GROUP)
+    try:
+        for line in relay.stdout:
+            if " ready " in line:
+                break
+        relay.send_signal(signal.CTRL_BREAK_EVENT)
+        out, _ = relay.communicate(timeout=20)
+        assert relay.returncode == 0 and "signal=SIGBREAK" in out and " stopped " in out, out
+    finally:
+        relay.kill()

@@ -44,7 +44,8 @@ def test_kick_closes_both_legs_and_the_client_id_is_free_again(relay_with_a_bot)
     assert "client_id=9" in closed
     bot.settimeout(5)
     try:
-        assert bot.recv(100) == b""
+        while bot.recv(65536):                                     # what TWS sent before the kick, then EOF
+            pass
     except ConnectionResetError:
         pass                                                       # an abort reaches the bot as a reset
     again = bot_session(ports["listen"], 9)                        # the id is free: no clash this time
