@@ -106,6 +106,7 @@ async def _serve(make) -> int:
         stop.set()
 
     service = await make()
+    getattr(service, "relay", service).on_stop = lambda: on_signal("relay stop")   # `relay stop`: as Ctrl+C
     await service.start()
     _install_signals(loop, on_signal)
     event(log, logging.INFO, "ready", routes=len(service.routes))
@@ -532,6 +533,29 @@ def logs_command(count, follow, path) -> None:
         fail(f"{path}: no such log file")
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@click.option("--pid", type=int, default=None, help="Stop only the relay with this process id.")
+def stop(pid) -> None:
+    """Stop running relays cleanly, as Ctrl+C does: stop accepting, let open connections finish
+    (shutdown_grace), then cut the rest. For a relay with no console (the logon task), which no
+    Ctrl+C can reach. Only the user who runs the relay can stop it this way."""
+    from . import control, registry
+    relays = [rec for rec in registry.live() if rec.get("control_port") and rec.get("control_token")
+              and pid in (None, rec["pid"])]
+    if not relays:
+        click.echo("relay: no running relay of yours found" + (f" with pid {pid}" if pid else ""), err=True)
+        sys.exit(EXIT_FAIL)
+    failed = False
+    for rec in relays:
+        answer = asyncio.run(control.ask(rec["control_port"], {"token": rec["control_token"], "action": "stop"}))
+        if answer.get("ok"):
+            click.echo(f"stopping relay pid {rec['pid']} (config {rec.get('config')})")
+        else:
+            failed = True
+            click.echo(f"relay: pid {rec['pid']}: {answer.get('error')}", err=True)
+    sys.exit(EXIT_FAIL if failed else EXIT_OK)
 
 
 @main.command()

@@ -6,7 +6,7 @@ carries this run's secret. The secret is kept in the relay's record in the run f
 its user can read (0600 in a 0700 folder; %LOCALAPPDATA% is per user on Windows), so only the user
 who runs the relay can act on it.
 
-    request:  {"token": "...", "action": "kick", "client_id": 7, "route": null}
+    request:  {"token": "...", "action": "kick", "client_id": 7, "route": null}   or   "action": "stop"
     answer:   {"ok": true, "kicked": [{"route": "tws-paper", "peer": "172.24.40.7:50312", "client_id": 7}]}
               {"ok": false, "error": "..."}
 """

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import control, discovery, hostnet, logs, registry, sockopts, tws
 from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint, ConfigError
@@ -373,6 +373,7 @@ class Relay:
                 server.answer = lambda server=server, routes=routes: self.discovery_answer(server, routes)
                 self.discovery.append((server, routes))
         self.control = control.ControlServer(control.new_token(), self.act)
+        self.on_stop: Optional[Callable[[], None]] = None   # set by whoever runs the relay: a graceful stop
         self.status: Optional[discovery.AnswerServer] = None
         if s.status_port is not None:
             self.status = discovery.AnswerServer("status", s.status_port, self.status_answer,
@@ -526,6 +527,9 @@ class Relay:
 
     def act(self, request: dict) -> dict:
         """A control request that carried this run's secret."""
+        if request.get("action") == "stop" and self.on_stop is not None:
+            self.on_stop()
+            return {"ok": True, "stopping": os.getpid()}
         if request.get("action") != "kick":
             return {"ok": False, "error": f"unknown action {request.get('action')!r}"}
         client_id, route = request.get("client_id"), request.get("route")

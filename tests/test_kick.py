@@ -96,3 +96,14 @@ def test_no_secret_is_written_into_a_folder_others_can_read(tmp_path):
     path = registry.register({"control_port": 1234, "control_token": "s3cret"}, str(private))
     assert json.loads(open(path).read())["control_token"] == "s3cret"
     assert stat.S_IMODE(os.stat(private).st_mode) == 0o700
+
+
+def test_relay_stop_stops_a_relay_cleanly_as_ctrl_c_does(relay_with_a_bot):
+    """A relay with no console (the logon task) cannot get Ctrl+C: `relay stop` asks it to stop."""
+    relay, bot, _ = relay_with_a_bot
+    r = cli("stop")
+    assert r.returncode == 0 and f"stopping relay pid {relay.proc.pid}" in r.stdout, r.stderr
+    assert relay.finish(timeout=20) == 0                 # graceful: shutdown_grace, then the bot is cut
+    assert "signal=\"relay stop\" action=stopping" in relay.wait_line("signal=")
+    assert "connections_cut=1" in relay.wait_line(" stopped ")
+    assert cli("stop").returncode == 1                   # nothing left to stop

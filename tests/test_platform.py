@@ -10,7 +10,9 @@ from collections import namedtuple
 
 import pytest
 
+from conftest import linux_only, windows_only
 from relay import cli, hostnet, logs, loops, sockopts
+from relay import config as cfg
 from relay.config import Keepalive
 
 KA = Keepalive(idle=10, interval=5, count=3)
@@ -43,6 +45,7 @@ def test_macos_plan():
         "TCP_KEEPALIVE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "TCP_RXT_CONNDROPTIME"]
 
 
+@linux_only
 def test_linux_plan_really_applies_to_a_socket():
     with socket.socket() as s:
         assert sockopts.apply(s, sockopts.plan("linux", Keepalive(7, 3, 4), 12.5)) == []
@@ -168,3 +171,39 @@ def test_log_formats(fmt):
 def test_ipv6_netmask_forms():
     ifs = {"eth0": [Addr(socket.AF_INET6, "fd00::5", "ffff:ffff:ffff:ff00::", None, None)]}
     assert hostnet.subnets_of("fd00::5", ifs) == [ipaddress.ip_network("fd00::/56")]
+
+
+# -- the real Windows calls: these run only on Windows (the fork CI's windows job)
+
+@windows_only
+def test_windows_plan_really_applies_to_a_socket():
+    """TCP_KEEPIDLE/INTVL/CNT (Windows 10 1709+; else the SIO_KEEPALIVE_VALS ioctl) and TCP_MAXRT."""
+    with socket.socket() as s:
+        assert sockopts.apply(s, sockopts.plan("win32", Keepalive(7, 3, 4), 30)) == []
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    with socket.socket() as s:     # the ioctl the plan falls back to is accepted too
+        s.ioctl(socket.SIO_KEEPALIVE_VALS, (1, 7000, 3000))
+
+
+@windows_only
+def test_sigbreak_is_caught_as_the_signal_plan_says():
+    import signal
+    how, wanted = cli.signal_plan("win32")
+    assert how == "signal" and "SIGBREAK" in wanted
+    previous = signal.signal(signal.SIGBREAK, lambda *a: None)
+    signal.signal(signal.SIGBREAK, previous)
+
+
+@windows_only
+def test_config_and_logs_are_found_under_the_real_appdata_folders():
+    import os
+    env = dict(os.environ)
+    assert cfg.config_candidates(None, os.getcwd(), "win32", env)[1] == env["APPDATA"] + "\\relay\\relay.yaml"
+    assert logs.default_log_file("win32", env) == env["LOCALAPPDATA"] + "\\relay\\logs\\relay.log"
+
+
+@windows_only
+def test_psutil_names_adapters_by_their_friendly_names():
+    import psutil
+    names_ = list(psutil.net_if_addrs())
+    assert any("Loopback Pseudo-Interface" in n for n in names_), names_

@@ -21,12 +21,12 @@ if (-not $admin) { throw "Run this in an administrator PowerShell (firewall rule
 
 $existing = Get-NetFirewallRule -DisplayName $RuleName -ErrorAction SilentlyContinue
 if ($existing -and $PSCmdlet.ShouldProcess($RuleName, "remove existing rule")) { $existing | Remove-NetFirewallRule }
-if ($Remove) { Write-Host "Removed '$RuleName' (if it existed)."; return }
+if ($Remove) { Write-Output "Removed '$RuleName' (if it existed)."; return }
 
 if ($PSCmdlet.ShouldProcess($RuleName, "allow inbound TCP $($Ports -join ',') from private ranges, all profiles")) {
   New-NetFirewallRule -DisplayName $RuleName -Direction Inbound -Action Allow -Protocol TCP `
     -LocalPort $Ports -Profile Any -RemoteAddress 172.16.0.0/12, 192.168.0.0/16, 10.0.0.0/8 | Out-Null
-  Write-Host "Added '$RuleName' for ports $($Ports -join ',')."
+  Write-Output "Added '$RuleName' for ports $($Ports -join ',')."
 }
 
 # A Block rule (often left by a dismissed "allow python.exe?" prompt) beats any Allow rule.
