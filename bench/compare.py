@@ -140,6 +140,18 @@ CONTENDERS = {
 }
 
 
+def stop(proc):
+    """Stop a contender and everything it started."""
+    if proc is None:
+        return
+    for pid in reversed(tree(proc.pid)):
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+
+
 def measure(name, start, tmp, quick):
     proc, pe, ps = start(tmp)
     try:
@@ -166,13 +178,7 @@ def measure(name, start, tmp, quick):
             row["kib_per_idle_conn"] = float("nan")
         return row
     finally:
-        if proc is not None:
-            for pid in reversed(tree(proc.pid)):
-                try:
-                    os.kill(pid, 15)
-                except ProcessLookupError:
-                    pass
-            proc.wait(timeout=10)
+        stop(proc)
 
 
 ROWS = [("ping-pong p50 (us)", "p50_us", "lower"), ("ping-pong p99 (us)", "p99_us", "lower"),
