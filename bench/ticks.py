@@ -2,7 +2,7 @@
 """Tick-stream benchmark: how late each market-data message reaches the bots, through each path,
 side by side in one run (bench/ticks.c is the stand-in TWS and the bots).
 
-    python3 bench/ticks.py [--rounds 3] [--secs 5] [--only direct,relay-uvloop,...]
+    python3 bench/ticks.py [--rounds 5] [--secs 5] [--only direct,relay-uvloop,...]
 
 Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots once a second; one
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at
@@ -110,7 +110,7 @@ def run_row(path_port, bots, rate, burst, secs, proc):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(list(compare.CONTENDERS) + list(EXTRA)))
     args = ap.parse_args()
@@ -142,8 +142,9 @@ def main():
           f"messages lost or out of order on any path: {int(lost)}\n")
     for label, *_ in ROWS:
         print(f"**{label}** (one-way latency, us; proxy CPU s per million messages)\n")
-        print("| path | p50 | p99 | p99.9 | max | CPU s/M | p50 vs haproxy-1thread | p99 vs haproxy-1thread |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| path | p50 | p99 | p99.9 | max | CPU s/M | p99 over rounds | p50 vs haproxy-1thread "
+              "| p99 vs haproxy-1thread |")
+        print("|---|---|---|---|---|---|---|---|---|")
         ref = med.get(("haproxy-1thread", label))
         for n in names:
             m = med[(n, label)]
@@ -151,10 +152,12 @@ def main():
             if ref:
                 ratios = [f"{ref[k] / m[k]:.2f}x" for k in ("p50_us", "p99_us")]
             cpu = "" if m["cpu_s_per_m"] != m["cpu_s_per_m"] else f"{m['cpu_s_per_m']:.1f}"
+            p99s = [s["p99_us"] for s in samples[(n, label)]]
             print(f"| {n} | {m['p50_us']:.0f} | {m['p99_us']:.0f} | {m['p999_us']:.0f} | {m['max_us']:.0f} | {cpu} | "
-                  f"{ratios[0]} | {ratios[1]} |")
+                  f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} |")
         print()
-    print("(ratios: above 1.00x the path is ahead of HAProxy with one thread, the same resources as the relay)")
+    print("(ratios: above 1.00x the path is ahead of HAProxy with one thread, the same resources as the relay; "
+          "'p99 over rounds': the lowest and highest p99 of the rounds, this machine's noise)")
 
 
 if __name__ == "__main__":

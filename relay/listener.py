@@ -68,6 +68,8 @@ class RouteServer:
         self.state_fields: dict = {}
         self.host: Optional[str] = None          # the address this route lives on now (None: no adapter)
         self.target_up: Optional[bool] = None    # as last checked (None: not checked)
+        self.target_state = "up"                 # 'up', 'down' or 'wedged', as last checked
+        self.check_due = 0.0                     # loop time of this route's next target check
         self.on_target_failure = on_target_failure or (lambda: None)
         self.bind_hint = hostnet.bind_hint   # what a failed bind means here (the WSL side says it otherwise)
         self.suspect_wedged = False          # a real session got no version reply: check with the handshake
@@ -219,7 +221,8 @@ class RouteServer:
 
     def connect_failed(self, splice: Splice, err: BaseException) -> None:
         if isinstance(err, ConnectionRefusedError):
-            self.on_target_failure()     # check now instead of at the next interval
+            self.check_due = 0.0         # check now instead of at the next interval
+            self.on_target_failure()
         if isinstance(err, asyncio.TimeoutError):
             reason = "timed out"
         elif getattr(err, "errno", None):
@@ -497,10 +500,18 @@ class Relay:
                     adapters[r.route.interface] = hostnet.find_adapter(r.route.interface, addrs, stats)
         # a route a real session found wedged is checked with the handshake until TWS answers again
         hows = ["handshake" if r.suspect_wedged else s.target_check for r in self.routes]
-        states = await asyncio.gather(*(check_target(r.route.target, how) if how != "off" else _up()
-                                        for r, how in zip(self.routes, hows)))
-        for r, how, state in zip(self.routes, hows, states):
+        # each route on its own clock: a healthy TWS is not probed faster because another route is down
+        now = asyncio.get_running_loop().time()
+        due = [how != "off" and (r.check_due <= now or r.suspect_wedged) for r, how in zip(self.routes, hows)]
+        states = await asyncio.gather(*(check_target(r.route.target, how) if checking else _known(r)
+                                        for r, how, checking in zip(self.routes, hows, due)))
+        for r, how, state, checking in zip(self.routes, hows, states, due):
             r.target_up = (state == "up") if how != "off" else None
+            if checking:
+                r.target_state = state
+                # a little early, so a check never slips a whole supervisor interval behind
+                interval = s.check_interval if state == "up" else s.check_interval_down
+                r.check_due = now + interval - min(s.check_interval_down, interval) / 2
             if r.route.interface:
                 adapter = adapters[r.route.interface]
                 await r.reconcile(adapter.address if adapter else None, state, adapter)
@@ -631,8 +642,9 @@ async def check_target(target, how: str, timeout: float = 1.0) -> str:
         return "down"
 
 
-async def _up() -> str:
-    return "up"
+async def _known(route: RouteServer) -> str:
+    """The route's target as last checked ('up' when checks are off)."""
+    return route.target_state if route.settings.target_check != "off" else "up"
 
 
 def wildcard_refusal(route: Route) -> str:

@@ -3,12 +3,15 @@
 import asyncio
 import json
 import logging
+import socket
 import time
 
 from fake_tws import FakeTws
-from helpers import start_relay, wait_for
+from helpers import settings, start_relay, wait_for
+from relay.config import Config, Endpoint, Route
+from relay.listener import Relay
 from relay import tws
-from relay.config import Endpoint
+
 from tws_sessions import start_api
 
 
@@ -166,3 +169,29 @@ def test_with_checks_off_a_wedged_tws_is_reported_and_clears_on_the_next_answer(
         fake.close()
     with caplog.at_level(logging.INFO, logger="relay"):
         run(main(), timeout=30)
+
+
+def test_a_healthy_target_is_probed_at_its_own_interval_while_another_route_is_down(run):
+    """check_interval_down speeds up the checks of the route that is down, not of a healthy TWS
+    beside it: its own log must not fill with probes."""
+    async def main():
+        probes = []
+        healthy = await asyncio.start_server(lambda r, w: (probes.append(1), w.close()), "127.0.0.1", 0)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))            # bound, never listening: refused at once
+        routes = tuple(Route(name=n, listen=Endpoint("127.0.0.1", 0), target=t, max_connections=4)
+                       for n, t in (("up", Endpoint("127.0.0.1", healthy.sockets[0].getsockname()[1])),
+                                    ("down", Endpoint("127.0.0.1", closed.getsockname()[1]))))
+        relay = Relay(Config(routes=routes, settings=settings(target_check="connect", check_interval=30,
+                                                              check_interval_down=0.05)), if_addrs={})
+        ticks = []
+        real_tick = relay.tick
+        relay.tick = lambda: (ticks.append(1), real_tick())[1]
+        await relay.start()
+        await wait_for(lambda: len(ticks) >= 20, what="20 supervisor ticks")
+        assert relay.routes[1].state == "target-down"
+        assert len(probes) == 1, f"the healthy target was probed {len(probes)} times in {len(ticks)} ticks"
+        await relay.shutdown(0)
+        healthy.close()
+        closed.close()
+    run(main())
