@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: direct, relay (uvloop and asyncio), socat and HAProxy, one run, same
-backends, same C load generator (bench/loadgen.c). Prints a table and each proxy's ratio to HAProxy.
+"""Side-by-side benchmark: direct, relay (uvloop and asyncio), socat, HAProxy, and two relay
+processes sharing the clients (relay-2proc: the multi-core design study), one run, same backends,
+same C load generator (bench/loadgen.c). Prints a table and the relay's ratio to HAProxy.
 
     python3 bench/compare.py [--quick] [--only direct,relay-uvloop,...]
     python3 bench/compare.py --two-hop          (the WSL path: forwarder + relay vs relay alone)
@@ -41,6 +42,17 @@ def wait_port(port, timeout=10):
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def wait_for_quiet(limit=0.5, patience=180):
+    """Wait (up to `patience` s) until the 1-minute load average is under `limit`; return it.
+    A busy machine hurts a one-threaded proxy far more than a threaded one."""
+    end = time.monotonic() + patience
+    while True:
+        load = os.getloadavg()
+        if load[0] < limit or time.monotonic() > end:
+            return load
+        time.sleep(5)
 
 
 def loadgen(*args, timeout=120):
@@ -101,6 +113,47 @@ loop: {loop}
     return p, P_ECHO, P_SINK
 
 
+def start_relay_per_core(tmp, cores=2):
+    """The design study's stand-in for one event loop per core: `cores` relay processes (uvloop,
+    default settings), each on its own ports to the same backends; the clients spread their
+    connections over them as SO_REUSEPORT would (without the shared clientId / cap state a real
+    design needs, so this is an upper bound on what it gains)."""
+    procs, echo, sink = [], [], []
+    for i in range(cores):
+        pe, ps = P_ECHO + 100 * (i + 1), P_SINK + 100 * (i + 1)
+        conf = os.path.join(tmp, f"relay-core{i}.yaml")
+        with open(conf, "w") as f:
+            f.write(f"""discovery_port: false
+status_port: false
+routes:
+  - {{name: echo, listen: "127.0.0.1:{pe}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
+  - {{name: sink, listen: "127.0.0.1:{ps}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
+log: {{level: warning}}
+loop: uvloop
+""")
+        procs.append(subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        echo.append(pe)
+        sink.append(ps)
+    return Group(procs), ",".join(map(str, echo)), ",".join(map(str, sink))
+
+
+class Group:
+    """Several processes measured and stopped as one contender."""
+
+    def __init__(self, procs):
+        self.procs = procs
+
+    def pids(self):
+        return [p for proc in self.procs for p in tree(proc.pid)]
+
+
+def pids_of(proc):
+    if proc is None:
+        return []
+    return proc.pids() if isinstance(proc, Group) else tree(proc.pid)
+
+
 def start_socat(tmp):
     # the way IB Gateway Docker images run it: one forked process per connection
     cmd = ["sh", "-c", f"socat TCP-LISTEN:{P_ECHO},bind=127.0.0.1,reuseaddr,fork,backlog=4096 TCP:127.0.0.1:{ECHO} & "
@@ -137,6 +190,7 @@ CONTENDERS = {
     "socat": start_socat,
     "haproxy": start_haproxy,                     # its default: one thread per core
     "haproxy-1thread": lambda tmp: start_haproxy(tmp, 1),   # like for like with the one-threaded relay
+    "relay-2proc": start_relay_per_core,          # the design study: one relay process per core
 }
 
 
@@ -144,19 +198,20 @@ def stop(proc):
     """Stop a contender and everything it started."""
     if proc is None:
         return
-    for pid in reversed(tree(proc.pid)):
+    for pid in reversed(pids_of(proc)):
         try:
             os.kill(pid, 15)
         except ProcessLookupError:
             pass
-    proc.wait(timeout=10)
+    for p in proc.procs if isinstance(proc, Group) else [proc]:
+        p.wait(timeout=10)
 
 
 def measure(name, start, tmp, quick):
     proc, pe, ps = start(tmp)
     try:
-        wait_port(pe)
-        wait_port(ps)
+        for port in f"{pe},{ps}".split(","):
+            wait_port(int(port))
         pp = loadgen("pingpong", pe, 128, 5000 if quick else 20000)
         cc = loadgen("concurrent", pe, 200, 128, 1.5 if quick else 3)
         bulk = loadgen("bulk", ps, 512 if quick else 2048)
@@ -165,12 +220,11 @@ def measure(name, start, tmp, quick):
                "c200_p99_us": cc["p99_us"], "bulk_mib_s": bulk["mib_per_s"], "conns_s": cr["conns_per_s"]}
         if proc is not None:
             time.sleep(1.0)   # let closed connections settle before the memory baseline
-            pids = tree(proc.pid)
-            before = pss_kib(pids)
+            before = pss_kib(pids_of(proc))
             idle = subprocess.Popen([LOADGEN, "idle", str(pe), "500"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     text=True)
             assert idle.stdout.readline().startswith("ready")
-            after = pss_kib(tree(proc.pid))
+            after = pss_kib(pids_of(proc))
             idle.stdin.close()
             idle.wait()
             row["kib_per_idle_conn"] = (after - before) / 500
@@ -363,6 +417,7 @@ def main():
         tws_instructions()
         return
     names = args.only.split(",") if args.only else list(CONTENDERS)
+    load = wait_for_quiet()
     backends = [subprocess.Popen([LOADGEN, mode, str(port)], stdout=subprocess.DEVNULL)
                 for mode, port in (("echo", ECHO), ("sink", SINK))]
     try:
@@ -373,7 +428,9 @@ def main():
             for n in names:
                 print(f"measuring {n} ...", file=sys.stderr, flush=True)
                 results[n] = measure(n, CONTENDERS[n], tmp, args.quick)
-        print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, all on 127.0.0.1\n")
+        after = os.getloadavg()[0]
+        print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, all on 127.0.0.1; load average "
+              f"before {load[0]:.2f}, after {after:.2f}\n")
         print(table(results))
     finally:
         for b in backends:

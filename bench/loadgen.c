@@ -7,6 +7,7 @@
  *   loadgen bulk PORT MIB                   MIB MiB to the sink, half-close, wait for its count: mib_per_s
  *   loadgen connrate PORT SECS              connect, 1-byte echo, close, repeatedly: conns_per_s
  *   loadgen idle PORT N                     N connections, one echo each, print ready, hold until stdin EOF
+ * A client's PORT may be "P1,P2,...": its connections go round-robin over those ports.
  *
  * With LOADGEN_TWS=1 every connection opens with the TWS API handshake (client hello, server
  * version reply, startApi, then TWS's managedAccounts and nextValidId that accept the session)
@@ -90,7 +91,12 @@ static int tws_server_handshake(int fd) {        /* fd is blocking here; -1: dro
     return write(fd, accept, sizeof accept - 1) == sizeof accept - 1 ? 0 : -1;   /* accounts, next id */
 }
 
+/* PORT may be "P1,P2,...": connections go round-robin over the ports (several relay processes,
+ * one per core, as SO_REUSEPORT would spread them) */
+static int ports[16], n_ports, next_port;
+
 static int dial(int port) {
+    if (n_ports > 1) port = ports[next_port++ % n_ports];
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
@@ -278,6 +284,8 @@ int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: see the top of loadgen.c\n"); return 2; }
     const char *m = argv[1];
     int port = atoi(argv[2]);
+    for (char *p = argv[2]; p && *p && n_ports < 16; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        ports[n_ports++] = atoi(p);
     if (!strcmp(m, "echo")) serve(port, 1);
     else if (!strcmp(m, "sink")) serve(port, 0);
     else if (!strcmp(m, "pingpong") && argc == 5) pingpong(port, atoi(argv[3]), atoi(argv[4]));

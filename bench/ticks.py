@@ -7,9 +7,10 @@ side by side in one run (bench/ticks.c is the stand-in TWS and the bots).
 Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots once a second; one
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at
 log level warning with every other default, TWS awareness and target checks on, socat, HAProxy
-default and nbthread 1). Each cell is the median of `rounds` interleaved rounds; each round runs
-every path once per row. Also the proxy's CPU seconds per million messages (its processes' user +
-system time over the run). It waits for a quiet machine first and prints the load average.
+default and nbthread 1, and relay-2proc: two relay processes sharing the bots). Each cell is the
+median of `rounds` interleaved rounds; each round runs every path once per row. Also the proxy's
+CPU seconds per million messages (its processes' user + system time over the run). It waits for a
+quiet machine first and prints the load average.
 Needs gcc, socat and haproxy (apt-get install gcc socat haproxy). Traffic stays on 127.0.0.1.
 """
 import argparse
@@ -48,61 +49,14 @@ def cpu_seconds(pids):
     return total / TICK
 
 
-def wait_for_quiet(limit=0.5, patience=180):
-    end = time.monotonic() + patience
-    while True:
-        load = os.getloadavg()
-        if load[0] < limit or time.monotonic() > end:
-            return load
-        time.sleep(5)
-
-
-def start_relay_per_core(tmp, cores=2):
-    """The design study's stand-in for one event loop per core: `cores` relay processes (uvloop,
-    default settings), each on its own port to the same TWS; the bots are split among them as
-    SO_REUSEPORT would split them (without the shared clientId / cap state a real design needs)."""
-    procs, ports = [], []
-    for i in range(cores):
-        port = compare.P_ECHO + 100 * (i + 1)
-        conf = os.path.join(tmp, f"relay-core{i}.yaml")
-        with open(conf, "w") as f:
-            f.write(f"discovery_port: false\nstatus_port: false\nlog: {{level: warning}}\nloop: uvloop\n"
-                    f"routes:\n  - {{name: echo, listen: '127.0.0.1:{port}', target: '127.0.0.1:{compare.ECHO}', "
-                    f"max_connections: 10000}}\n")
-        procs.append(subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", conf], cwd=compare.ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        ports.append(port)
-    return Group(procs), ",".join(map(str, ports)), None
-
-
-class Group:
-    """Several processes measured and stopped as one contender."""
-
-    def __init__(self, procs):
-        self.procs = procs
-        self.pid = procs[0].pid
-
-    def pids(self):
-        return [p for proc in self.procs for p in compare.tree(proc.pid)]
-
-
-EXTRA = {"relay-2proc": start_relay_per_core}
-
-
-def pids_of(proc):
-    if proc is None:
-        return []
-    return proc.pids() if isinstance(proc, Group) else compare.tree(proc.pid)
-
-
 def run_row(path_port, bots, rate, burst, secs, proc):
-    pids = pids_of(proc)
+    pids = compare.pids_of(proc)
     before = cpu_seconds(pids)
     out = subprocess.run([TICKS, str(path_port), str(compare.ECHO), str(bots), str(rate), str(burst), str(secs)],
                          capture_output=True, text=True, timeout=secs + 60)
     if out.returncode:
         raise RuntimeError(f"ticks: {out.stderr.strip()}")
-    pids = pids_of(proc)
+    pids = compare.pids_of(proc)
     row = {k: float(v) for k, v in (kv.split("=") for kv in out.stdout.split())}
     row["cpu_s_per_m"] = (cpu_seconds(pids) - before) / row["msgs"] * 1e6 if proc is not None else float("nan")
     return row
@@ -112,28 +66,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=int, default=5)
-    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(list(compare.CONTENDERS) + list(EXTRA)))
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(compare.CONTENDERS))
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build()
     names = args.only.split(",") if args.only else list(compare.CONTENDERS)
-    load = wait_for_quiet()
+    load = compare.wait_for_quiet()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
     samples = {(n, r[0]): [] for n in names for r in ROWS}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for n in names:
                 # the stand-in TWS listens on the compare bench's echo port; the proxy forwards to it
-                start = EXTRA.get(n) or compare.CONTENDERS[n]
+                start = compare.CONTENDERS[n]
                 proc, port, _ = start(tmp) if n != "direct" else (None, compare.ECHO, None)
                 try:          # no port wait: a relay listens only once the stand-in TWS is up; the bots retry
                     for label, bots, rate, burst in ROWS:
                         print(f"round {rnd + 1}: {n}: {label}", file=sys.stderr, flush=True)
                         samples[(n, label)].append(run_row(port, bots, rate, burst, args.secs, proc))
                 finally:
-                    for p in (proc.procs if isinstance(proc, Group) else [proc]):
-                        compare.stop(p)
+                    compare.stop(proc)
     load_after = os.getloadavg()
     med = {k: {m: sorted(s[m] for s in v)[len(v) // 2] for m in v[0]} for k, v in samples.items()}
     lost = sum(s["lost"] + s["reordered"] for v in samples.values() for s in v)
