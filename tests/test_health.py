@@ -8,11 +8,11 @@ import time
 
 from fake_tws import FakeTws
 from helpers import settings, start_relay, wait_for
+from tws_sessions import start_api
+
+from relay import tws
 from relay.config import Config, Endpoint, Route
 from relay.listener import Relay
-from relay import tws
-
-from tws_sessions import start_api
 
 
 def records(caplog, name):
