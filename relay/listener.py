@@ -503,7 +503,8 @@ class Relay:
         # each route on its own clock: a healthy TWS is not probed faster because another route is down
         now = asyncio.get_running_loop().time()
         due = [how != "off" and (r.check_due <= now or r.suspect_wedged) for r, how in zip(self.routes, hows)]
-        states = await asyncio.gather(*(check_target(r.route.target, how) if checking else _known(r)
+        states = await asyncio.gather(*(check_target(r.route.target, how) if checking
+                                        else _as_known(r.target_state if how != "off" else "up")
                                         for r, how, checking in zip(self.routes, hows, due)))
         for r, how, state, checking in zip(self.routes, hows, states, due):
             r.target_up = (state == "up") if how != "off" else None
@@ -642,9 +643,9 @@ async def check_target(target, how: str, timeout: float = 1.0) -> str:
         return "down"
 
 
-async def _known(route: RouteServer) -> str:
-    """The route's target as last checked ('up' when checks are off)."""
-    return route.target_state if route.settings.target_check != "off" else "up"
+async def _as_known(state: str) -> str:
+    """A target's state without a check: as last checked, or 'up' when checks are off."""
+    return state
 
 
 def wildcard_refusal(route: Route) -> str:
