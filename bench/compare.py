@@ -96,46 +96,33 @@ def start_direct(tmp):
     return None, ECHO, SINK
 
 
-def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect"):
-    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}.yaml")
+def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect", ports=(P_ECHO, P_SINK)):
+    pe, ps = ports
+    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}-{pe}.yaml")
     with open(conf, "w") as f:
         f.write(f"""tws_aware: {str(tws_aware).lower()}
 target_check: {target_check}
 discovery_port: false
 routes:
-  - {{name: echo, listen: "127.0.0.1:{P_ECHO}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
-  - {{name: sink, listen: "127.0.0.1:{P_SINK}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
+  - {{name: echo, listen: "127.0.0.1:{pe}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
+  - {{name: sink, listen: "127.0.0.1:{ps}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
 log: {{level: warning}}
 loop: {loop}
 """)
     p = subprocess.Popen([*prefix, sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=open(conf + ".log", "w"))
-    return p, P_ECHO, P_SINK
+    return p, pe, ps
 
 
 def start_relay_per_core(tmp, cores=2):
-    """The design study's stand-in for one event loop per core: `cores` relay processes (uvloop,
-    default settings), each on its own ports to the same backends; the clients spread their
+    """The design study's stand-in for one event loop per core: `cores` relay processes, each
+    relay-uvloop's config on its own ports to the same backends; the clients spread their
     connections over them as SO_REUSEPORT would (without the shared clientId / cap state a real
     design needs, so this is an upper bound on what it gains)."""
-    procs, echo, sink = [], [], []
-    for i in range(cores):
-        pe, ps = P_ECHO + 100 * (i + 1), P_SINK + 100 * (i + 1)
-        conf = os.path.join(tmp, f"relay-core{i}.yaml")
-        with open(conf, "w") as f:
-            f.write(f"""discovery_port: false
-status_port: false
-routes:
-  - {{name: echo, listen: "127.0.0.1:{pe}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
-  - {{name: sink, listen: "127.0.0.1:{ps}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
-log: {{level: warning}}
-loop: uvloop
-""")
-        procs.append(subprocess.Popen([sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        echo.append(pe)
-        sink.append(ps)
-    return Group(procs), ",".join(map(str, echo)), ",".join(map(str, sink))
+    started = [start_relay(tmp, "uvloop", ports=(P_ECHO + 100 * (i + 1), P_SINK + 100 * (i + 1)))
+               for i in range(cores)]
+    return (Group([p for p, _, _ in started]), ",".join(str(pe) for _, pe, _ in started),
+            ",".join(str(ps) for _, _, ps in started))
 
 
 class Group:
@@ -146,6 +133,10 @@ class Group:
 
     def pids(self):
         return [p for proc in self.procs for p in tree(proc.pid)]
+
+    def wait(self, timeout=None):
+        for proc in self.procs:
+            proc.wait(timeout=timeout)
 
 
 def pids_of(proc):
@@ -203,8 +194,7 @@ def stop(proc):
             os.kill(pid, 15)
         except ProcessLookupError:
             pass
-    for p in proc.procs if isinstance(proc, Group) else [proc]:
-        p.wait(timeout=10)
+    proc.wait(timeout=10)
 
 
 def measure(name, start, tmp, quick):
