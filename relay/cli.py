@@ -131,6 +131,17 @@ class CannotStart(Exception):
     """The service could not start; the message says why (exit 1)."""
 
 
+def pump_in_use(settings: cfg.Settings) -> str:
+    """What moves the bytes of settled sessions, in words for the first log line."""
+    from . import native_pump
+    if settings.pump == "python":
+        return "python (pump: python)"
+    if native_pump.available():
+        return "native"
+    why = "built on Linux only" if not sys.platform.startswith("linux") else "not built: no C compiler at install"
+    return f"python (native pump {why})"
+
+
 def run(settings: cfg.Settings, loop_choice: str, source_note: str, make) -> int:
     from . import logs
     log_file = logs.log_file_for(settings.log_file, logs.has_console(), sys.platform, os.environ)
@@ -143,7 +154,7 @@ def run(settings: cfg.Settings, loop_choice: str, source_note: str, make) -> int
     except loops.LoopError as e:
         fail(str(e))
     event(log, logging.INFO, "starting", version=__version__, config=source_note, loop=name, loop_choice=why,
-          log_file=log_file or "none (stderr)")
+          pump=pump_in_use(settings), log_file=log_file or "none (stderr)")
     loop = loops.factory(name)()
     asyncio.set_event_loop(loop)
     try:
@@ -205,13 +216,16 @@ def main(ctx: click.Context) -> None:
               help="Allow listening on a wildcard address (0.0.0.0 or ::). Exposes the trading API: avoid.")
 @click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default=None,
               help="Event loop (default from config, else auto: uvloop, winloop on Windows, else asyncio).")
+@click.option("--pump", type=click.Choice(cfg.PUMPS), default=None,
+              help="Who moves a session's bytes once its opening is settled (default from config, else auto: "
+                   "the native pump where it was built, Linux; 'python': always the event loop).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
 @click.option("--log-file", metavar="PATH", default=None,
               help="Also log to this rotating file ('off': never). Default: log.file, else a file only when there "
                    "is no console (%LOCALAPPDATA%\\relay\\logs\\relay.log, ~/.local/state/relay/relay.log).")
 def serve(config_path, listen, target, allow, max_connections, name, discovery_port, status_port,
-          expose_to_all_networks, loop_choice, log_format, log_level, log_file) -> None:
+          expose_to_all_networks, loop_choice, pump, log_format, log_level, log_file) -> None:
     """Serve routes: from relay.yaml, or one route given by --listen and --target.
 
     \b
@@ -239,7 +253,7 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
             fail(f"{', '.join(one_route_only)} belong(s) to the one-route form (--listen/--target); "
                  "in relay.yaml use 'allow:', 'name:', 'discovery_port:' and 'status_port:'")
         config, source_note = _load(config_path)
-    config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks,
+    config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks, pump=pump,
                               log_format=log_format, log_level=log_level, log_file=log_file)
 
     async def make():
@@ -490,7 +504,8 @@ def status(port, as_json) -> None:
         return
     for doc in docs:
         click.echo(f"tws-relay {doc.get('version')}, pid {doc.get('pid')}, up {doc.get('up_seconds')} s, "
-                   f"config {doc.get('config')}, log {doc.get('log_file') or 'to its console'}")
+                   f"config {doc.get('config')}, log {doc.get('log_file') or 'to its console'}, "
+                   f"{doc.get('pump', 'python')} pump")
         for r in doc.get("routes", []):
             target = {True: "up", False: "down", None: "not checked"}[r.get("target_up")]
             click.echo(f"  route {r['name']}: {r['state']}  {r['listen']} -> {r['target']} (target {target})  "

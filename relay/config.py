@@ -80,6 +80,8 @@ class Settings:
     # A rotating log file (None: only when there is no console; "off": never).
     log_file: Optional[str] = None
     loop: str = "auto"
+    # Who moves a settled session's bytes: the native pump where it was built (Linux), else Python.
+    pump: str = "auto"                # auto | python
 
 
 @dataclass(frozen=True)
@@ -102,13 +104,14 @@ class Config:
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 LOOPS = ("auto", "asyncio", "uvloop", "winloop")
+PUMPS = ("auto", "python")
 TARGET_CHECKS = ("connect", "handshake", "off")
 WSL_ADAPTER = "wsl"
 
 _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
              "drain_timeout", "expose_to_all_networks", "discovery_port", "tws_aware",
              "reject_duplicate_client_id", "target_check", "check_interval", "check_interval_down",
-             "status_port", "log", "loop")
+             "status_port", "log", "loop", "pump")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
 _LOG_KEYS = ("level", "format", "file")
@@ -286,6 +289,8 @@ def parse_settings(doc: dict) -> Settings:
                 raise ConfigError(f"expected a file path, or false, got {_kind(v)}", "log.file")
     if "loop" in doc:
         kw["loop"] = _choice(doc["loop"], "loop", LOOPS)
+    if "pump" in doc:
+        kw["pump"] = _choice(doc["pump"], "pump", PUMPS)
     return Settings(**kw)
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import control, discovery, hostnet, logs, registry, sockopts, tws
+from . import control, discovery, hostnet, logs, native_pump, registry, sockopts, tws
 from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint, ConfigError
 from .logs import RateLimit, event
 from .pump import Splice
@@ -300,8 +300,8 @@ class RouteServer:
         if splice.client_id is not None:
             self.client_ids.release(str(self.route.target), splice.client_id, splice)
             fields = {"client_id": splice.client_id, "server_version": splice.server_version}
-        event(log, logging.INFO, "close", route=self.route.name, peer=splice.peer,
-              bytes_up=splice.client.nbytes, bytes_down=splice.upstream.nbytes,
+        up, down = splice.counts()
+        event(log, logging.INFO, "close", route=self.route.name, peer=splice.peer, bytes_up=up, bytes_down=down,
               duration=round(splice.duration, 3), closed_by=splice.closed_by or "?", **fields)
 
     def _refused_silently(self, splice: Splice) -> None:
@@ -589,6 +589,7 @@ class Relay:
         doc = {"service": discovery.SERVICE, "kind": "status", "protocol": discovery.PROTOCOL,
                "version": discovery.__version__, "pid": os.getpid(), "up_seconds": round(time.time() - self.started),
                "config": self.source, "log_file": logs.current_file,
+               "pump": "native" if self.config.settings.pump == "auto" and native_pump.available() else "python",
                "routes": [{"name": r.route.name, "state": r.state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
@@ -596,8 +597,8 @@ class Relay:
                                             "phase": sp.phase, "reason": sp.reason,
                                             "pid": sp.process[0] if sp.process else None,
                                             "command": sp.process[1] if sp.process else None,
-                                            "server_version": sp.server_version, "bytes_up": sp.client.nbytes,
-                                            "bytes_down": sp.upstream.nbytes, "age": round(now - sp.started, 1)}
+                                            "server_version": sp.server_version, "bytes_up": sp.counts()[0],
+                                            "bytes_down": sp.counts()[1], "age": round(now - sp.started, 1)}
                                            for sp in r.active]}
                           for r in self.routes]}
         return json.dumps(doc).encode() + b"\n"

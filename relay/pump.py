@@ -7,16 +7,19 @@ Rules (after asyncssh's forwarder):
 - FIN is forwarded as write_eof (half-close); the connection closes once both sides sent FIN,
   or as soon as either leg is lost. A closing leg gets drain_timeout to flush, then is aborted.
 - client bytes that arrive before the upstream connect finishes are held (capped) and sent first.
+- once the opening is settled, both sockets go to the native pump (native_pump.py, Linux) where it
+  was built; it follows the same rules in C, and reports the close back here.
 """
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional
 
-from . import tws
+from . import native_pump, tws
 
 if TYPE_CHECKING:   # pragma: no cover
     from .listener import RouteServer
@@ -31,6 +34,8 @@ READ_CHUNK = 256 * 1024
 # Worst case bytes the relay holds for one connection: each direction's buffer can pass the
 # high mark by one read chunk before reading pauses; plus the pre-connect hold.
 MAX_BUFFERED_PER_CONNECTION = 2 * (HIGH_WATER + READ_CHUNK) + HOLD_LIMIT + READ_CHUNK
+# A settled connection whose bytes are still queued here waits this long before the next try.
+HANDOVER_RETRY = 0.1
 
 log = logging.getLogger("relay")
 
@@ -93,6 +98,8 @@ class Leg(asyncio.Protocol):
             self.peer.transport.resume_reading()
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
+        if self.splice.handed_over:
+            return    # only our descriptor closed: the native pump carries on with its own
         self.lost = True
         self.splice.leg_lost(self, exc)
 
@@ -102,7 +109,7 @@ class Splice:
 
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
-                 "phase", "reason", "hello_seen", "reply_timer",
+                 "phase", "reason", "hello_seen", "reply_timer", "native", "handed_over",
                  "__weakref__")
 
     def __init__(self, route: "RouteServer"):
@@ -128,6 +135,8 @@ class Splice:
         self.hello_seen = False
         self.reply_timer: Optional[asyncio.TimerHandle] = None
         self.handshake: Optional[tws.Handshake] = None
+        self.native: Optional[int] = None         # the native pump's pair while it carries the bytes
+        self.handed_over = False
         if route.settings.tws_aware:
             self.handshake = tws.Handshake()
             self.client.watch = self._watch_client
@@ -197,6 +206,8 @@ class Splice:
             up.write_eof()
         elif paused_by_hold and not self.upstream.write_paused:
             self.client.transport.resume_reading()
+        if self.handshake is None:
+            self._settled()
 
     # -- TWS awareness: read the opening, then step aside ----------------------------------------
 
@@ -225,8 +236,60 @@ class Splice:
             self._cancel_reply_timer()
             if self.phase == "hello":
                 self.phase = "relaying"
+            if self.phase != "refused":
+                self._settled()
         elif handshake.start is not None:
             self.client.watch = None   # TWS's answer settles it; the client's bytes need no more reading
+
+    # -- the native pump: from a settled opening on, the bytes only need moving -----------------
+
+    def _settled(self) -> None:
+        if self.route.settings.pump != "python" and native_pump.available():
+            asyncio.get_event_loop().call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        if self.handed_over or self.finished or self.closed_by is not None:
+            return
+        legs = (self.client, self.upstream)
+        for leg in legs:
+            t = leg.transport
+            if t is None or leg.lost or leg.eof_in or leg.write_paused or t.is_closing():
+                return     # half-closed or closing: the Python pump sees it through
+        if self.held or any(leg.transport.get_write_buffer_size() for leg in legs):
+            asyncio.get_event_loop().call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
+            return
+        fds: List[int] = []
+        try:
+            for leg in legs:
+                fds.append(os.dup(leg.transport.get_extra_info("socket").fileno()))
+        except (OSError, AttributeError):
+            for fd in fds:
+                os.close(fd)
+            return
+        pair = native_pump.pump().add(self, fds[0], fds[1], self.route.settings.drain_timeout)
+        if not pair:
+            return
+        self.native, self.handed_over = pair, True
+        for leg in legs:
+            leg.transport.close()   # lets go of our descriptor only; the socket lives on in the pump
+
+    def native_closed(self, moved: tuple, by: int, err: int) -> None:
+        self.client.nbytes += moved[0]
+        self.upstream.nbytes += moved[1]
+        self.native = None
+        self.client.lost = self.upstream.lost = True
+        if self.closed_by is None:
+            side = ("client", "upstream", "relay")[by]
+            self.closed_by = f"{side} ({_why(OSError(err, os.strerror(err)))})" if err else side
+        self._finish()
+
+    def counts(self) -> tuple:
+        """Bytes received from the client and from upstream so far."""
+        up, down = self.client.nbytes, self.upstream.nbytes
+        if self.native is not None:
+            a, b, _, _ = native_pump.pump().counts(self.native)
+            up, down = up + a, down + b
+        return up, down
 
     def _expect_reply(self) -> None:
         """Once the hello went upstream, TWS has tws.REPLY_TIMEOUT to send its version reply."""
@@ -277,6 +340,9 @@ class Splice:
 
     def close(self) -> None:
         """Close both legs, flushing what is queued (bounded by drain_timeout)."""
+        if self.native is not None:
+            native_pump.pump().close(self.native, abort=False)
+            return
         self._cancel_connect()
         for leg in (self.client, self.upstream):
             if leg.transport is not None and not leg.lost:
@@ -285,6 +351,9 @@ class Splice:
     def abort(self, by: str = "relay") -> None:
         if self.closed_by is None:
             self.closed_by = by
+        if self.native is not None:
+            native_pump.pump().close(self.native, abort=True)
+            return
         self._cancel_connect()
         for leg in (self.client, self.upstream):
             if leg.transport is not None and not leg.lost:

@@ -1,6 +1,8 @@
 """Generic checks every relay variant must pass (after trio's check_half_closeable_stream).
 
 Each check takes `make_relay(target_endpoint) -> awaitable Relay` and uses real loopback sockets.
+A maker whose `native` attribute is true runs the native pump: where a check looks inside the
+relay, it waits for the hand-over first, so it proves the pump it names.
 """
 import asyncio
 from typing import List
@@ -18,6 +20,25 @@ async def _write_chunks(writer: asyncio.StreamWriter, chunks: List[bytes]) -> No
 async def _send_then_eof(writer: asyncio.StreamWriter, chunks: List[bytes]) -> None:
     await _write_chunks(writer, chunks)
     writer.write_eof()
+
+
+async def settled(make_relay, splice) -> None:
+    """For a native maker: wait until the connection is in the native pump's hands."""
+    if getattr(make_relay, "native", False):
+        await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+
+
+def _stalled(splice, direction: str):
+    """(relay stopped reading the fast side, bytes the relay holds for it, bytes read from it)."""
+    k = 0 if direction == "up" else 1
+    if splice.native is not None:
+        from relay import native_pump
+        counts = native_pump.pump().counts(splice.native)
+        return counts[2 + k] >= native_pump.high_water(), counts[2 + k], counts[k]   # then it reads no more
+    reading_leg, writing_leg = (splice.client, splice.upstream) if k == 0 else (splice.upstream, splice.client)
+    if not writing_leg.write_paused:
+        return False, 0, reading_leg.nbytes
+    return not reading_leg.transport.is_reading(), writing_leg.transport.get_write_buffer_size(), reading_leg.nbytes
 
 
 async def check_exact(make_relay, up: List[bytes], down: List[bytes], order: str) -> None:
@@ -66,6 +87,7 @@ async def check_exact(make_relay, up: List[bytes], down: List[bytes], order: str
 async def check_half_close(make_relay, who_first: str) -> None:
     """After one side's FIN the other direction keeps flowing until it closes too."""
     events = []
+    go = asyncio.Event()   # the FIN waits for the hand-over, so the pump under test forwards it
 
     async def handler(reader, writer):
         if who_first == "client":
@@ -76,7 +98,9 @@ async def check_half_close(make_relay, who_first: str) -> None:
                 await writer.drain()
             writer.write_eof()
         else:
+            assert await reader.readexactly(2) == b"hi"   # (a client's first bytes settle the opening)
             writer.write(b"hello")
+            await go.wait()
             writer.write_eof()
             events.append("server sent EOF")
             events.append(await read_all(reader))
@@ -84,14 +108,21 @@ async def check_half_close(make_relay, who_first: str) -> None:
     async with Backend(handler) as backend:
         relay = await make_relay(backend.endpoint)
         reader, writer = await asyncio.open_connection(*address(relay))
+        await wait_for(lambda: relay.routes[0].active, what="connection to open")
+        splice = next(iter(relay.routes[0].active))
         if who_first == "client":
             writer.write(b"question")
+            await settled(make_relay, splice)
             writer.write_eof()
             body = await read_all(reader)
             assert body == b"".join(b"answer-%03d;" % i for i in range(50))
             assert events == ["server saw client EOF"]
         else:
-            assert await read_all(reader) == b"hello"   # server's FIN forwarded as EOF
+            writer.write(b"hi")
+            assert await reader.readexactly(5) == b"hello"
+            await settled(make_relay, splice)
+            go.set()
+            assert await read_all(reader) == b""      # server's FIN forwarded as EOF
             for i in range(20):        # the client may keep talking after the server's FIN
                 writer.write(b"late-%02d;" % i)
                 await writer.drain()
@@ -115,6 +146,7 @@ async def check_slow_reader(make_relay, direction: str, total: int = 32 * 1024 *
             await release.wait()
             got.append(await read_all(reader))
         else:                            # server floods, client is the slow reader
+            assert await reader.readexactly(1) == b"!"
             writer.write(payload)
             await writer.drain()
             writer.write_eof()
@@ -126,17 +158,17 @@ async def check_slow_reader(make_relay, direction: str, total: int = 32 * 1024 *
         route = relay.routes[0]
         await wait_for(lambda: route.active, what="connection to open")
         splice = next(iter(route.active))
+        # the first byte settles the opening (not TWS); the flood starts after the hand-over
+        writer.write(payload[:1] if direction == "up" else b"!")
+        await settled(make_relay, splice)
+        stalled = None
         if direction == "up":
-            sender = asyncio.ensure_future(_write_chunks(writer, [payload]))
-            stalled, reading_leg, writing_leg = sender, splice.client, splice.upstream
-        else:
-            stalled, reading_leg, writing_leg = None, splice.upstream, splice.client
+            stalled = asyncio.ensure_future(_write_chunks(writer, [payload[1:]]))
         # wait until the relay has paused reading the fast side: then nothing more enters the relay
-        await wait_for(lambda: writing_leg.write_paused, what="relay to pause the fast side")
-        peak = writing_leg.transport.get_write_buffer_size()
-        assert not reading_leg.transport.is_reading()
+        await wait_for(lambda: _stalled(splice, direction)[0], what="relay to pause the fast side")
+        _, peak, read = _stalled(splice, direction)
         assert peak <= MAX_BUFFERED_PER_CONNECTION, f"relay buffered {peak} bytes"
-        assert reading_leg.nbytes < total, "relay read everything: no backpressure"
+        assert read < total, "relay read everything: no backpressure"
         if direction == "up":
             assert not stalled.done()
             release.set()
@@ -158,6 +190,7 @@ async def check_close_propagates(make_relay, how: str) -> None:
     server_close = asyncio.Event()
 
     async def handler(reader, writer):
+        assert await reader.readexactly(2) == b"hi"   # (a client's first bytes settle the opening)
         writer.write(b"ready")
         await writer.drain()
         if how.startswith("server"):
@@ -174,7 +207,9 @@ async def check_close_propagates(make_relay, how: str) -> None:
         route = relay.routes[0]
         port = route.address.port
         reader, writer = await asyncio.open_connection(*address(relay))
+        writer.write(b"hi")
         assert await reader.readexactly(5) == b"ready"
+        await settled(make_relay, next(iter(route.active)))
         if how == "client-reset":
             reset(writer)
             await backend.wait_finished(1)

@@ -130,6 +130,25 @@ def open_fds() -> int:
     return me.num_handles() if hasattr(me, "num_handles") else me.num_fds()
 
 
+def sockets_here(peer) -> List[socket.socket]:
+    """This process's TCP sockets connected to `peer` (host, port), whoever holds them (an asyncio
+    transport or the native pump): duplicates to read options from; close them after."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        try:
+            if s.type == socket.SOCK_STREAM and s.getpeername()[:2] == tuple(peer):
+                found.append(s)
+                continue
+        except OSError:
+            pass
+        s.close()
+    return found
+
+
 def tcp_states(ports) -> List[str]:
     """TCP states of this machine's sockets whose local port is in `ports`, through psutil on
     every OS ('ESTABLISHED', 'CLOSE_WAIT', 'LISTEN', 'TIME_WAIT', ...)."""

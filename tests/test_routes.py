@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from helpers import Backend, address, echo, open_fds, read_all, reset, start_relay, tcp_states, wait_for
+from helpers import (Backend, address, echo, open_fds, read_all, reset, sockets_here, start_relay, tcp_states,
+                     wait_for)
 from relay.config import Endpoint
 from relay.listener import BindError
 from relay.pump import HOLD_LIMIT
@@ -283,15 +284,20 @@ def test_both_legs_get_nodelay_keepalive_and_user_timeout(run):
             reader, writer = await asyncio.open_connection(*address(relay))
             writer.write(b"x")
             assert await reader.readexactly(1) == b"x"
-            splice = await _only_splice(relay)
-            for leg in (splice.client, splice.upstream):
-                s = leg.transport.get_extra_info("socket")
-                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1, leg.side
-                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, leg.side
-                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7, leg.side
-                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3, leg.side
-                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4, leg.side
-                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12500, leg.side
+            await _only_splice(relay)
+            # the relay's two sockets, wherever they are now (the native pump holds its own copies)
+            client_leg = sockets_here(writer.get_extra_info("sockname"))
+            upstream_leg = sockets_here((backend.endpoint.host, backend.endpoint.port))
+            assert len(client_leg) == 1 and len(upstream_leg) == 1, (client_leg, upstream_leg)
+            for side, s in (("client", client_leg[0]), ("upstream", upstream_leg[0])):
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1, side
+                assert s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 7, side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 3, side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 4, side
+                assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 12500, side
+            for s in client_leg + upstream_leg:
+                s.close()
             writer.close()
             await relay.shutdown(0)
     run(main())

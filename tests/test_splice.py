@@ -1,20 +1,39 @@
-"""The splice's conformance checks, run against every variant on both event loops."""
+"""The splice's conformance checks, run against every variant on both event loops: TWS-aware
+(the default) and plain, each on the native pump where it is built, and the Python pump."""
+import os
+import sys
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import conformance
 from tws_sessions import session
 from helpers import start_relay
+from relay import native_pump
+
+
+def _variant(native: bool, **kw):
+    def make(target):
+        return start_relay(target, pump="auto" if native else "python", **kw)
+    make.native = native
+    return make
+
 
 VARIANTS = {
-    "tws-aware": lambda target: start_relay(target),                  # the default
-    "plain": lambda target: start_relay(target, tws_aware=False),
+    "tws-aware": _variant(True),                     # the default
+    "plain": _variant(True, tws_aware=False),
+    "python-pump": _variant(False),
 }
 
 
 @pytest.fixture(scope="session", params=sorted(VARIANTS))
 def make_relay(request):
-    return VARIANTS[request.param]
+    make = VARIANTS[request.param]
+    if make.native and not native_pump.available():
+        # CI on Linux builds it: there a missing library is a failure, not a skip
+        assert not (os.environ.get("CI") and sys.platform.startswith("linux")), "native pump not built"
+        pytest.skip("the native pump is not built here (Linux with a C compiler at install)")
+    return make
 
 
 chunks = st.lists(st.binary(min_size=1, max_size=48 * 1024), max_size=6)

@@ -1,0 +1,487 @@
+/* The native data plane (Linux): once a session's opening is settled, the relay hands both sockets
+ * of a connection to this pump, which splices them in its own thread with epoll, without the
+ * interpreter or the GIL. The rules are pump.py's, byte for byte:
+ *   - what is read from one side is written to the other, in order; what the peer cannot take now
+ *     is kept, and once HIGH_WATER bytes wait that side is not read until they drain, so memory
+ *     per connection is bounded (HIGH_WATER + SCRATCH each way) whatever the peers do;
+ *   - FIN is forwarded as shutdown(SHUT_WR) once what came before it is flushed (half-close); the
+ *     pair closes once both sides sent FIN;
+ *   - a side that is lost (reset, timed out) is closed at once; its peer gets what was read for it,
+ *     then is closed, within drain_ms.
+ * Python drives it through a command queue and learns of closed pairs from a report queue; an
+ * eventfd wakes each side. Loaded with ctypes: no Python headers needed to build it.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SCRATCH (256 * 1024)      /* one read */
+#define HIGH_WATER (256 * 1024)   /* a side is not read while this much of its bytes waits here */
+#define MAX_EVENTS 256
+
+enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_RELEASE, CMD_STOP };
+/* who ended a pair, as reported: the side (0 client, 1 upstream) that sent FIN or was lost first,
+ * or the relay */
+enum { BY_CLIENT = 0, BY_UPSTREAM = 1, BY_RELAY = 2 };
+
+struct pair;
+
+struct side {
+    struct pair *pair;
+    int fd;          /* -1 once closed */
+    int idx;
+    uint32_t mask;   /* events registered with epoll */
+};
+
+struct direction {   /* bytes read from side i, written to side 1 - i */
+    char *pend;      /* what the writer could not take yet: plen bytes at poff, room for cap */
+    size_t plen, poff, cap;
+    int eof;         /* side i sent FIN */
+    int shut;        /* FIN forwarded */
+};
+
+struct pair {
+    struct side side[2];
+    struct direction dir[2];
+    uint64_t bytes[2];      /* read from each side; Python reads them while the pair lives */
+    uint64_t held[2];       /* of those, not yet written to the other side (dir[i].plen, for Python) */
+    int closing;            /* no more reading; flush what is pending, then close */
+    int reported;
+    int by, err;            /* who ended it first, and the error (0: FIN or the relay) */
+    int drain_ms;
+    int64_t deadline;       /* closing: monotonic ms by which pending bytes must be gone */
+    struct pair *prev, *next;
+};
+
+struct report { struct pair *pair; uint64_t bytes[2]; int32_t by, err; };
+struct cmd { int op; struct pair *pair; };
+
+struct queue { void *items; size_t len, cap, size; };
+
+struct pump {
+    int ep, cmd_fd, report_fd;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    struct queue cmds, reports;
+    struct pair *live;      /* pairs the thread owns and has not reported */
+    int closing_count;
+    char *scratch;
+};
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void note_held(struct pair *pr, int i) {
+    __atomic_store_n(&pr->held[i], (uint64_t)pr->dir[i].plen, __ATOMIC_RELAXED);
+}
+
+static int q_push(struct queue *q, const void *item) {
+    if (q->len == q->cap) {
+        size_t cap = q->cap ? q->cap * 2 : 64;
+        void *items = realloc(q->items, cap * q->size);
+        if (!items) return -1;
+        q->items = items;
+        q->cap = cap;
+    }
+    memcpy((char *)q->items + q->len * q->size, item, q->size);
+    q->len++;
+    return 0;
+}
+
+static void wake(int fd) {
+    uint64_t one = 1;
+    ssize_t n = write(fd, &one, sizeof one);
+    (void)n;   /* an eventfd write fails only when its counter is full: already awake */
+}
+
+/* -- the thread's side ------------------------------------------------------------------------ */
+
+static void set_mask(struct pump *p, struct side *s) {
+    struct pair *pr = s->pair;
+    if (s->fd < 0) return;
+    uint32_t want = 0;
+    if (!pr->closing && !pr->dir[s->idx].eof && pr->dir[s->idx].plen < HIGH_WATER && pr->side[1 - s->idx].fd >= 0)
+        want |= EPOLLIN;
+    if (pr->dir[1 - s->idx].plen) want |= EPOLLOUT;
+    if (want == s->mask) return;
+    struct epoll_event ev = { .events = want, .data.ptr = s };
+    epoll_ctl(p->ep, EPOLL_CTL_MOD, s->fd, &ev);
+    s->mask = want;
+}
+
+static void close_side(struct pump *p, struct side *s) {
+    if (s->fd < 0) return;
+    epoll_ctl(p->ep, EPOLL_CTL_DEL, s->fd, NULL);
+    close(s->fd);
+    s->fd = -1;
+}
+
+static void finish_if_done(struct pump *p, struct pair *pr) {
+    if (pr->side[0].fd >= 0 || pr->side[1].fd >= 0 || pr->reported) return;
+    pr->reported = 1;
+    for (int i = 0; i < 2; i++) {
+        free(pr->dir[i].pend);
+        pr->dir[i].pend = NULL;
+        pr->dir[i].plen = pr->dir[i].cap = 0;
+        note_held(pr, i);
+    }
+    if (pr->closing) p->closing_count--;
+    if (pr->prev) pr->prev->next = pr->next; else p->live = pr->next;
+    if (pr->next) pr->next->prev = pr->prev;
+    pr->prev = pr->next = NULL;
+    struct report r = { pr, { pr->bytes[0], pr->bytes[1] }, pr->by, pr->err };
+    pthread_mutex_lock(&p->lock);
+    q_push(&p->reports, &r);
+    pthread_mutex_unlock(&p->lock);
+    wake(p->report_fd);
+}
+
+static void ended_by(struct pair *pr, int by, int err) {
+    if (pr->by < 0) { pr->by = by; pr->err = err; }
+}
+
+/* Stop reading; close each side at once unless bytes are still owed to it. */
+static void start_closing(struct pump *p, struct pair *pr) {
+    if (!pr->closing) {
+        pr->closing = 1;
+        p->closing_count++;
+        pr->deadline = now_ms() + pr->drain_ms;
+    }
+    for (int i = 0; i < 2; i++) {
+        if (pr->dir[1 - i].plen == 0) close_side(p, &pr->side[i]);
+        else set_mask(p, &pr->side[i]);
+    }
+    finish_if_done(p, pr);
+}
+
+static void lose(struct pump *p, struct pair *pr, int i, int err) {
+    ended_by(pr, i, err ? err : ECONNRESET);
+    free(pr->dir[1 - i].pend);   /* owed to the side that is gone */
+    pr->dir[1 - i].pend = NULL;
+    pr->dir[1 - i].plen = pr->dir[1 - i].poff = pr->dir[1 - i].cap = 0;
+    note_held(pr, 1 - i);
+    close_side(p, &pr->side[i]);
+    start_closing(p, pr);
+}
+
+static void forward_fin(struct pump *p, struct pair *pr, int i) {
+    struct direction *d = &pr->dir[i];
+    if (!d->eof || d->shut || d->plen) return;
+    d->shut = 1;
+    if (pr->side[1 - i].fd >= 0) shutdown(pr->side[1 - i].fd, SHUT_WR);
+    if (pr->dir[1 - i].shut) start_closing(p, pr);   /* both ways done */
+}
+
+/* Write d's pending bytes to side `to`; 0 when all went, 1 when some are left, -1 on error. */
+static int flush(struct pump *p, struct pair *pr, int to) {
+    struct direction *d = &pr->dir[1 - to];
+    while (d->plen) {
+        ssize_t w = send(pr->side[to].fd, d->pend + d->poff, d->plen, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 1;
+            lose(p, pr, to, errno);
+            return -1;
+        }
+        d->poff += (size_t)w;
+        d->plen -= (size_t)w;
+        note_held(pr, 1 - to);
+    }
+    free(d->pend);     /* an idle connection holds no buffer */
+    d->pend = NULL;
+    d->poff = d->cap = 0;
+    return 0;
+}
+
+/* Keep n more bytes after what already waits; -1 when memory runs out. */
+static int keep(struct pair *pr, int i, const char *data, size_t n) {
+    struct direction *d = &pr->dir[i];
+    if (d->cap - d->poff - d->plen < n) {
+        if (d->poff) {
+            memmove(d->pend, d->pend + d->poff, d->plen);
+            d->poff = 0;
+        }
+        if (d->cap - d->plen < n) {
+            size_t cap = d->plen + n;
+            char *pend = realloc(d->pend, cap);
+            if (!pend) return -1;
+            d->pend = pend;
+            d->cap = cap;
+        }
+    }
+    memcpy(d->pend + d->poff + d->plen, data, n);
+    d->plen += n;
+    note_held(pr, i);
+    return 0;
+}
+
+static void read_side(struct pump *p, struct pair *pr, int i) {
+    int to = 1 - i;
+    struct direction *d = &pr->dir[i];
+    ssize_t n = recv(pr->side[i].fd, p->scratch, SCRATCH, MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
+        lose(p, pr, i, errno);
+        return;
+    }
+    if (n == 0) {
+        d->eof = 1;
+        ended_by(pr, i, 0);
+        forward_fin(p, pr, i);
+        return;
+    }
+    __atomic_store_n(&pr->bytes[i], pr->bytes[i] + (uint64_t)n, __ATOMIC_RELAXED);
+    size_t off = 0;
+    while (d->plen == 0 && off < (size_t)n) {   /* bytes already waiting go first: keep order */
+        ssize_t w = send(pr->side[to].fd, p->scratch + off, (size_t)n - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+            lose(p, pr, to, errno);
+            return;
+        }
+        off += (size_t)w;
+    }
+    if (off < (size_t)n && keep(pr, i, p->scratch + off, (size_t)n - off) < 0) {
+        ended_by(pr, BY_RELAY, ENOMEM);
+        start_closing(p, pr);
+    }
+}
+
+static void on_event(struct pump *p, struct side *s, uint32_t ev) {
+    struct pair *pr = s->pair;
+    int i = s->idx;
+    if (s->fd < 0 || pr->reported) return;
+    if ((ev & EPOLLOUT) && pr->dir[1 - i].plen) {
+        if (flush(p, pr, i) < 0) goto done;
+        forward_fin(p, pr, 1 - i);
+        if (pr->closing && !pr->dir[1 - i].plen) close_side(p, s);
+    }
+    if (s->fd >= 0 && !pr->closing && (s->mask & EPOLLIN) && (ev & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+        read_side(p, pr, i);
+    } else if (s->fd >= 0 && (ev & (EPOLLHUP | EPOLLERR))) {
+        /* not reading it, and it hung up or failed: the connection is gone (HUP alone would repeat) */
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        lose(p, pr, i, err ? err : EPIPE);
+    }
+done:
+    for (int k = 0; k < 2; k++) set_mask(p, &pr->side[k]);
+    finish_if_done(p, pr);
+}
+
+static void add_pair(struct pump *p, struct pair *pr) {
+    pr->next = p->live;
+    if (p->live) p->live->prev = pr;
+    p->live = pr;
+    for (int i = 0; i < 2; i++) {
+        struct side *s = &pr->side[i];
+        s->mask = EPOLLIN;
+        struct epoll_event ev = { .events = EPOLLIN, .data.ptr = s };
+        if (epoll_ctl(p->ep, EPOLL_CTL_ADD, s->fd, &ev) < 0) {
+            s->mask = 0;
+            ended_by(pr, BY_RELAY, errno);
+            close(s->fd);
+            s->fd = -1;
+        }
+    }
+    if (pr->by >= 0) start_closing(p, pr);
+}
+
+static int run_commands(struct pump *p) {
+    uint64_t n;
+    if (read(p->cmd_fd, &n, sizeof n) < 0 && errno != EAGAIN) return 0;
+    pthread_mutex_lock(&p->lock);
+    size_t len = p->cmds.len;
+    struct cmd *cmds = malloc(len * sizeof *cmds);
+    if (cmds) memcpy(cmds, p->cmds.items, len * sizeof *cmds);
+    if (cmds) p->cmds.len = 0;
+    pthread_mutex_unlock(&p->lock);
+    if (!cmds) return 0;
+    int stop = 0;
+    for (size_t k = 0; k < len; k++) {
+        struct pair *pr = cmds[k].pair;
+        switch (cmds[k].op) {
+        case CMD_ADD: add_pair(p, pr); break;
+        case CMD_CLOSE:
+            if (!pr->reported) { ended_by(pr, BY_RELAY, 0); start_closing(p, pr); }
+            break;
+        case CMD_ABORT:
+            if (!pr->reported) {
+                ended_by(pr, BY_RELAY, 0);
+                for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
+                finish_if_done(p, pr);
+            }
+            break;
+        case CMD_RELEASE: free(pr); break;
+        case CMD_STOP: stop = 1; break;
+        }
+    }
+    free(cmds);
+    return stop;
+}
+
+static void expire(struct pump *p) {
+    int64_t now = now_ms();
+    struct pair *pr = p->live, *next;
+    for (; pr; pr = next) {
+        next = pr->next;
+        if (pr->closing && now >= pr->deadline) {
+            for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
+            finish_if_done(p, pr);
+        }
+    }
+}
+
+static void *run(void *arg) {
+    struct pump *p = arg;
+    struct epoll_event events[MAX_EVENTS];
+    for (;;) {
+        int timeout = -1;
+        if (p->closing_count) {
+            int64_t soonest = INT64_MAX;
+            for (struct pair *pr = p->live; pr; pr = pr->next)
+                if (pr->closing && pr->deadline < soonest) soonest = pr->deadline;
+            int64_t wait = soonest - now_ms();
+            timeout = wait < 0 ? 0 : wait > 1000 ? 1000 : (int)wait;
+        }
+        int n = epoll_wait(p->ep, events, MAX_EVENTS, timeout);
+        if (n < 0 && errno != EINTR) break;
+        for (int k = 0; k < n; k++) {
+            if (events[k].data.ptr == NULL) {
+                if (run_commands(p)) goto stop;
+            } else {
+                on_event(p, events[k].data.ptr, events[k].events);
+            }
+        }
+        if (p->closing_count) expire(p);
+    }
+stop:
+    while (p->live) {
+        struct pair *pr = p->live;
+        ended_by(pr, BY_RELAY, 0);
+        for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
+        finish_if_done(p, pr);
+    }
+    return NULL;
+}
+
+/* -- Python's side (the event loop thread) ------------------------------------------------------ */
+
+static int push_cmd(struct pump *p, int op, struct pair *pr) {
+    struct cmd c = { op, pr };
+    pthread_mutex_lock(&p->lock);
+    int rc = q_push(&p->cmds, &c);
+    pthread_mutex_unlock(&p->lock);
+    if (rc == 0) wake(p->cmd_fd);
+    return rc;
+}
+
+struct pump *relay_pump_start(void) {
+    struct pump *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->cmds.size = sizeof(struct cmd);
+    p->reports.size = sizeof(struct report);
+    p->scratch = malloc(SCRATCH);
+    p->ep = epoll_create1(EPOLL_CLOEXEC);
+    p->cmd_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    p->report_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    pthread_mutex_init(&p->lock, NULL);
+    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = NULL };
+    if (!p->scratch || p->ep < 0 || p->cmd_fd < 0 || p->report_fd < 0
+            || epoll_ctl(p->ep, EPOLL_CTL_ADD, p->cmd_fd, &ev) < 0)
+        goto fail;
+    /* signals (Ctrl+C) stay with the interpreter's thread */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&p->thread, NULL, run, p);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc == 0) return p;
+fail:
+    if (p->ep >= 0) close(p->ep);
+    if (p->cmd_fd >= 0) close(p->cmd_fd);
+    if (p->report_fd >= 0) close(p->report_fd);
+    free(p->scratch);
+    free(p);
+    return NULL;
+}
+
+int relay_pump_report_fd(struct pump *p) { return p->report_fd; }
+
+/* Hand over a connection: the pump owns both descriptors from here (on failure too). */
+struct pair *relay_pump_add(struct pump *p, int client_fd, int upstream_fd, int drain_ms) {
+    struct pair *pr = calloc(1, sizeof *pr);
+    if (!pr) { close(client_fd); close(upstream_fd); return NULL; }
+    pr->side[0] = (struct side){ pr, client_fd, 0, 0 };
+    pr->side[1] = (struct side){ pr, upstream_fd, 1, 0 };
+    pr->by = -1;
+    pr->drain_ms = drain_ms;
+    if (push_cmd(p, CMD_ADD, pr) < 0) { close(client_fd); close(upstream_fd); free(pr); return NULL; }
+    return pr;
+}
+
+int relay_pump_close(struct pump *p, struct pair *pr, int abort) { return push_cmd(p, abort ? CMD_ABORT : CMD_CLOSE, pr); }
+
+/* After its report has been read: the pair is freed by the pump thread, after any command before it. */
+int relay_pump_release(struct pump *p, struct pair *pr) { return push_cmd(p, CMD_RELEASE, pr); }
+
+/* A direction holding this much is not read: the backpressure mark (Python checks it in tests). */
+long relay_pump_high_water(void) { return HIGH_WATER; }
+
+/* Bytes read from the client and from upstream, then how many of each the pump holds unsent. */
+void relay_pump_counts(struct pair *pr, uint64_t out[4]) {
+    out[0] = __atomic_load_n(&pr->bytes[0], __ATOMIC_RELAXED);
+    out[1] = __atomic_load_n(&pr->bytes[1], __ATOMIC_RELAXED);
+    out[2] = __atomic_load_n(&pr->held[0], __ATOMIC_RELAXED);
+    out[3] = __atomic_load_n(&pr->held[1], __ATOMIC_RELAXED);
+}
+
+/* Closed pairs since the last call, at most `max`. */
+int relay_pump_reports(struct pump *p, struct report *out, int max) {
+    uint64_t n;
+    ssize_t r = read(p->report_fd, &n, sizeof n);
+    (void)r;
+    pthread_mutex_lock(&p->lock);
+    int k = (int)(p->reports.len < (size_t)max ? p->reports.len : (size_t)max);
+    memcpy(out, p->reports.items, (size_t)k * sizeof *out);
+    memmove(p->reports.items, (char *)p->reports.items + (size_t)k * sizeof *out,
+            (p->reports.len - (size_t)k) * sizeof *out);
+    p->reports.len -= (size_t)k;
+    int more = p->reports.len > 0;
+    pthread_mutex_unlock(&p->lock);
+    if (more) wake(p->report_fd);
+    return k;
+}
+
+/* Abort every pair (each is reported), end the thread. The reports stay readable until relay_pump_free. */
+void relay_pump_stop(struct pump *p) {
+    if (push_cmd(p, CMD_STOP, NULL) == 0) pthread_join(p->thread, NULL);
+}
+
+void relay_pump_free(struct pump *p) {
+    for (size_t k = 0; k < p->cmds.len; k++) {   /* releases the stopped thread did not get to */
+        struct cmd *c = (struct cmd *)p->cmds.items + k;
+        if (c->op == CMD_RELEASE) free(c->pair);
+    }
+    close(p->ep);
+    close(p->cmd_fd);
+    close(p->report_fd);
+    free(p->cmds.items);
+    free(p->reports.items);
+    free(p->scratch);
+    free(p);
+}

@@ -1,0 +1,130 @@
+"""The native data plane (relay/_pump.c, Linux) as the Python side sees it.
+
+Once a connection's opening is settled, pump.Splice hands both sockets here; a thread in C splices
+them with epoll, by pump.py's rules, without the interpreter per message. The event loop learns of
+each closed pair from an eventfd. Where the library was not built (Windows, macOS, no C compiler at
+install), `available()` is None and the Python pump does all the work.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import glob
+import os
+import sys
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+if TYPE_CHECKING:   # pragma: no cover
+    from .pump import Splice
+
+BY_CLIENT, BY_UPSTREAM, BY_RELAY = 0, 1, 2
+REPORTS_AT_ONCE = 64
+
+
+class _Report(ctypes.Structure):
+    _fields_ = [("pair", ctypes.c_void_p), ("bytes", ctypes.c_uint64 * 2), ("by", ctypes.c_int32),
+                ("err", ctypes.c_int32)]
+
+
+def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[ctypes.CDLL]:
+    if not sys.platform.startswith("linux"):
+        return None
+    for path in sorted(glob.glob(os.path.join(folder, "_pump*.so"))):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        for name, res, args in (("relay_pump_start", vp, ()), ("relay_pump_report_fd", i, (vp,)),
+                                ("relay_pump_add", vp, (vp, i, i, i)), ("relay_pump_close", i, (vp, vp, i)),
+                                ("relay_pump_release", i, (vp, vp)),
+                                ("relay_pump_counts", None, (vp, ctypes.POINTER(ctypes.c_uint64 * 4))),
+                                ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
+                                ("relay_pump_stop", None, (vp,)), ("relay_pump_free", None, (vp,)),
+                                ("relay_pump_high_water", ctypes.c_long, ())):
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, list(args)
+        return lib
+    return None
+
+
+_lib = _load()
+_pump: Optional["NativePump"] = None
+
+
+def available() -> Optional[str]:
+    """The library's path when the native pump can run here, else None."""
+    return _lib._name if _lib is not None else None
+
+
+def high_water() -> int:
+    """Bytes a direction may hold before the pump stops reading that side (one read more at most)."""
+    return _lib.relay_pump_high_water()
+
+
+def pump() -> "NativePump":
+    """This process's pump (one thread for every route), attached to the running loop."""
+    global _pump
+    if _pump is None or _pump.pid != os.getpid():
+        _pump = NativePump(_lib)
+    _pump.attach(asyncio.get_event_loop())
+    return _pump
+
+
+class NativePump:
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        self.handle = lib.relay_pump_start()
+        if not self.handle:
+            raise OSError(errno.ENOMEM, "the native pump could not start")
+        self.pid = os.getpid()
+        self.fd = lib.relay_pump_report_fd(self.handle)
+        self.pairs: Dict[int, "Splice"] = {}
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.reports = (_Report * REPORTS_AT_ONCE)()
+        self.counter = (ctypes.c_uint64 * 4)()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.loop is loop:
+            return
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        loop.add_reader(self.fd, self._on_reports)
+        self.loop = loop
+
+    def add(self, splice: "Splice", client_fd: int, upstream_fd: int, drain_timeout: float) -> Optional[int]:
+        """Hand over two (duplicated) descriptors; the pump owns them from here, on failure too."""
+        pair = self.lib.relay_pump_add(self.handle, client_fd, upstream_fd, max(1, int(drain_timeout * 1000)))
+        if pair:
+            self.pairs[pair] = splice
+        return pair
+
+    def close(self, pair: int, abort: bool) -> None:
+        self.lib.relay_pump_close(self.handle, pair, 1 if abort else 0)
+
+    def counts(self, pair: int) -> Tuple[int, int, int, int]:
+        """Bytes read from the client and from upstream; of each, how many the pump holds unsent."""
+        self.lib.relay_pump_counts(pair, ctypes.byref(self.counter))
+        return tuple(self.counter)   # type: ignore[return-value]
+
+    def _on_reports(self) -> None:
+        while True:
+            n = self.lib.relay_pump_reports(self.handle, self.reports, REPORTS_AT_ONCE)
+            for r in self.reports[:n]:
+                pair, sent, by, err = r.pair, (r.bytes[0], r.bytes[1]), r.by, r.err
+                splice = self.pairs.pop(pair, None)
+                self.lib.relay_pump_release(self.handle, pair)
+                if splice is not None:
+                    splice.native_closed(sent, by, err)
+            if n < REPORTS_AT_ONCE:
+                return
+
+    def stop(self) -> None:
+        """Tests only: abort every pair, report them, and end the thread."""
+        self.lib.relay_pump_stop(self.handle)
+        self._on_reports()
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.fd)
+        self.lib.relay_pump_free(self.handle)
+        self.handle = None

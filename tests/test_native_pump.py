@@ -1,0 +1,161 @@
+"""The native pump (Linux): which connections it takes, and what the relay still knows and does
+about them once it has them. The byte-level checks are the conformance suite's (test_splice.py)."""
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import time
+
+import pytest
+
+from helpers import Backend, address, echo, reset, start_relay, wait_for
+from relay import native_pump
+from tws_sessions import session
+
+if not native_pump.available():
+    assert not (os.environ.get("CI") and sys.platform.startswith("linux")), "native pump not built"
+    pytestmark = pytest.mark.skip(reason="the native pump is not built here (Linux with a C compiler at install)")
+
+
+def records(caplog, name):
+    return [r for r in caplog.records if r.getMessage() == name]
+
+
+async def _tws_then_echo(reader, writer, client: bytes, server: bytes, answer: asyncio.Event) -> None:
+    """A stand-in TWS: the opening (the version reply, then the rest once `answer` is set), then echo."""
+    assert await reader.readexactly(len(client)) == client
+    version_reply = server[:4 + int.from_bytes(server[:4], "big")]   # the first frame
+    writer.write(version_reply)
+    await answer.wait()
+    writer.write(server[len(version_reply):])
+    await echo(reader, writer)
+
+
+def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(run, caplog):
+    client, server, _ = session(176, 7)
+    answer = asyncio.Event()
+    payload = os.urandom(300_000)
+
+    async def main():
+        async with Backend(lambda r, w: _tws_then_echo(r, w, client, server, answer)) as backend:
+            relay = await start_relay(backend.endpoint)
+            route = relay.routes[0]
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(client)
+            await wait_for(lambda: route.active and next(iter(route.active)).server_version == 176,
+                           what="TWS's version reply")
+            splice = next(iter(route.active))
+            await asyncio.sleep(0)   # a hand-over would be scheduled by now: there must be none
+            assert splice.native is None and splice.phase == "hello", "handed over before TWS answered"
+            answer.set()
+            assert await reader.readexactly(len(server)) == server
+            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+            assert splice.phase == "api-ready" and splice.client_id == 7
+
+            writer.write(payload)
+            assert await reader.readexactly(len(payload)) == payload
+            # the relay still knows each connection's bytes while the native pump moves them
+            status = json.loads(await relay.status_answer())
+            assert status["pump"] == "native"
+            conn = status["routes"][0]["connections"][0]
+            assert (conn["bytes_up"], conn["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
+            assert conn["client_id"] == 7 and conn["phase"] == "api-ready"
+
+            reset(writer)
+            await wait_for(lambda: not route.active, what="the relay to finish the connection")
+            close = records(caplog, "close")[-1].fields
+            assert close["closed_by"] == "client (reset)"
+            assert (close["bytes_up"], close["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
+            assert close["client_id"] == 7
+            await relay.shutdown(0)
+
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_pump_python_keeps_every_byte_in_the_event_loop(run):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False, pump="python")
+            reader, writer = await asyncio.open_connection(*address(relay))
+            for _ in range(3):   # round trips: a hand-over, were there one, is scheduled after the first
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+            splice = next(iter(relay.routes[0].active))
+            assert splice.native is None and not splice.handed_over
+            assert json.loads(await relay.status_answer())["pump"] == "python"
+            writer.close()
+            await relay.shutdown(0)
+    run(main())
+
+
+def test_shutdown_closes_native_connections_and_logs_them(run, caplog):
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False)
+            route = relay.routes[0]
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            splice = next(iter(route.active))
+            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+            assert await relay.shutdown(0) == 1
+            assert not route.active
+            try:
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            except ConnectionResetError:
+                pass                      # cut: a reset is as good as a FIN here
+            close = records(caplog, "close")[-1].fields
+            assert close["closed_by"] == "relay (shutdown)" and close["bytes_up"] == 4
+            writer.close()
+
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_gone(run, caplog):
+    """Bytes owed to a client get drain_timeout to go; a client that never reads does not hold the
+    connection (and its memory) open past it."""
+    flooding = asyncio.Event()
+
+    async def flood_then_reset(reader, writer):
+        assert await reader.readexactly(1) == b"!"
+
+        async def flood():
+            while True:
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        flood_task = asyncio.ensure_future(flood())
+        await flooding.wait()
+        flood_task.cancel()
+        reset(writer)
+
+    async def main():
+        async with Backend(flood_then_reset) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False, drain_timeout=0.5)
+            route = relay.routes[0]
+            loop = asyncio.get_running_loop()
+            client = socket.socket()   # never read: a small receive buffer that stays full
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            client.setblocking(False)
+            await loop.sock_connect(client, address(relay))
+            await loop.sock_sendall(client, b"!")
+            await wait_for(lambda: route.active, what="connection to open")
+            splice = next(iter(route.active))
+            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+            pump = native_pump.pump()
+            await wait_for(lambda: pump.counts(splice.native)[3] >= native_pump.high_water(),
+                           what="the relay to hold bytes for the client that does not read")
+            flooding.set()
+            started = time.monotonic()
+            await wait_for(lambda: not route.active, timeout=10, what="the relay to give up on the client")
+            took = time.monotonic() - started
+            assert 0.4 <= took < 5, f"closed after {took:.2f} s, drain_timeout 0.5 s"
+            assert records(caplog, "close")[-1].fields["closed_by"] == "upstream (reset)"
+            client.close()
+            await relay.shutdown(0)
+
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
