@@ -598,6 +598,7 @@ class Relay:
                                             "pid": sp.process[0] if sp.process else None,
                                             "command": sp.process[1] if sp.process else None,
                                             "server_version": sp.server_version, "bytes_up": sp.counts()[0],
+                                            "pump": "native" if sp.native is not None else "python",
                                             "bytes_down": sp.counts()[1], "age": round(now - sp.started, 1)}
                                            for sp in r.active]}
                           for r in self.routes]}

@@ -62,6 +62,7 @@ def test_minimal_config_gets_defaults():
     (MINIMAL + "log: {format: xml}\n", "log.format", "not one of"),
     (MINIMAL + "expose_to_all_networks: yes please\n", "expose_to_all_networks", "true or false"),
     (MINIMAL + "loop: fast\n", "loop", "not one of"),
+    (MINIMAL + "pump: fast\n", "pump", "not one of"),
     (MINIMAL + "discovery_port: 17497\n", "routes[0].listen", "is the discovery port"),
     (MINIMAL + "discovery_port: yes please\n", "discovery_port", "whole number"),
     (MINIMAL + "connect_timeout: 3\nconnect_timeout: 4\n", "line 6", "duplicate key 'connect_timeout'"),

@@ -61,7 +61,7 @@ def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(run, caplog)
             assert status["pump"] == "native"
             conn = status["routes"][0]["connections"][0]
             assert (conn["bytes_up"], conn["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
-            assert conn["client_id"] == 7 and conn["phase"] == "api-ready"
+            assert conn["client_id"] == 7 and conn["phase"] == "api-ready" and conn["pump"] == "native"
 
             reset(writer)
             await wait_for(lambda: not route.active, what="the relay to finish the connection")
