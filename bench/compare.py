@@ -12,6 +12,7 @@ ping-ponging (messages/s, p99); bulk MiB/s through a half-close; new connections
 echo, close); memory per idle connection (PSS of the proxy's processes, 500 connections).
 """
 import argparse
+import glob
 import os
 import resource
 import shutil
@@ -106,7 +107,7 @@ discovery_port: false
 routes:
   - {{name: echo, listen: "127.0.0.1:{pe}", target: "127.0.0.1:{ECHO}", max_connections: 10000}}
   - {{name: sink, listen: "127.0.0.1:{ps}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
-log: {{level: warning}}
+log: {{level: {os.environ.get("RELAY_BENCH_LOG", "warning")}}}
 loop: {loop}
 """)
     p = subprocess.Popen([*prefix, sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
@@ -221,6 +222,11 @@ def measure(name, start, tmp, quick):
         else:
             row["kib_per_idle_conn"] = float("nan")
         return row
+    except Exception:
+        for log in sorted(glob.glob(os.path.join(tmp, "*.log"))):   # the contender's own account
+            with open(log) as f:
+                print(f"--- {log} (last lines)\n" + "".join(f.readlines()[-20:]), file=sys.stderr)
+        raise
     finally:
         stop(proc)
 

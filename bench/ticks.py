@@ -2,7 +2,7 @@
 """Tick-stream benchmark: how late each market-data message reaches the bots, through each path,
 side by side in one run (bench/ticks.c is the stand-in TWS and the bots).
 
-    python3 bench/ticks.py [--rounds 5] [--secs 5] [--only direct,relay-uvloop,...]
+    python3 bench/ticks.py [--rounds 5] [--secs 5] [--only direct,relay-uvloop,...] [--rows steady,...]
 
 Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots once a second; one
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at
@@ -67,14 +67,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(compare.CONTENDERS))
+    ap.add_argument("--rows", help="comma-separated subset of: steady,bursts,one (each row's first word)")
     args = ap.parse_args()
+    rows = [r for r in ROWS if not args.rows or r[0].split()[0] in args.rows.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build()
     names = args.only.split(",") if args.only else list(compare.CONTENDERS)
     load = compare.wait_for_quiet()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
-    samples = {(n, r[0]): [] for n in names for r in ROWS}
+    samples = {(n, r[0]): [] for n in names for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for n in names:
@@ -82,7 +84,7 @@ def main():
                 start = compare.CONTENDERS[n]
                 proc, port, _ = start(tmp) if n != "direct" else (None, compare.ECHO, None)
                 try:          # no port wait: a relay listens only once the stand-in TWS is up; the bots retry
-                    for label, bots, rate, burst in ROWS:
+                    for label, bots, rate, burst in rows:
                         print(f"round {rnd + 1}: {n}: {label}", file=sys.stderr, flush=True)
                         samples[(n, label)].append(run_row(port, bots, rate, burst, args.secs, proc))
                 finally:
@@ -93,7 +95,7 @@ def main():
     print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, medians of {args.rounds} interleaved "
           f"rounds of {args.secs} s; load average before {load[0]:.2f}, after {load_after[0]:.2f}; "
           f"messages lost or out of order on any path: {int(lost)}\n")
-    for label, *_ in ROWS:
+    for label, *_ in rows:
         print(f"**{label}** (one-way latency, us; proxy CPU s per million messages)\n")
         print("| path | p50 | p99 | p99.9 | max | CPU s/M | p99 over rounds | p50 vs haproxy-1thread "
               "| p99 vs haproxy-1thread |")
