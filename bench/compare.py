@@ -198,6 +198,13 @@ def stop(proc):
     proc.wait(timeout=10)
 
 
+def show_logs(tmp):
+    """A failing contender's own account: the last lines of each relay log in the run's folder."""
+    for log in sorted(glob.glob(os.path.join(tmp, "*.log"))):
+        with open(log) as f:
+            print(f"--- {log} (last lines)\n" + "".join(f.readlines()[-20:]), file=sys.stderr)
+
+
 def measure(name, start, tmp, quick):
     proc, pe, ps = start(tmp)
     try:
@@ -223,9 +230,7 @@ def measure(name, start, tmp, quick):
             row["kib_per_idle_conn"] = float("nan")
         return row
     except Exception:
-        for log in sorted(glob.glob(os.path.join(tmp, "*.log"))):   # the contender's own account
-            with open(log) as f:
-                print(f"--- {log} (last lines)\n" + "".join(f.readlines()[-20:]), file=sys.stderr)
+        show_logs(tmp)
         raise
     finally:
         stop(proc)

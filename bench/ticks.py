@@ -87,6 +87,9 @@ def main():
                     for label, bots, rate, burst in rows:
                         print(f"round {rnd + 1}: {n}: {label}", file=sys.stderr, flush=True)
                         samples[(n, label)].append(run_row(port, bots, rate, burst, args.secs, proc))
+                except Exception:
+                    compare.show_logs(tmp)
+                    raise
                 finally:
                     compare.stop(proc)
     load_after = os.getloadavg()
