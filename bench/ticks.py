@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(compare.CONTENDERS))
     ap.add_argument("--rows", help="comma-separated subset of: steady,bursts,one (each row's first word)")
+    ap.add_argument("--show-rounds", action="store_true", help="also print each round's p50 and p99 (stderr)")
     args = ap.parse_args()
     rows = [r for r in ROWS if not args.rows or r[0].split()[0] in args.rows.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -93,6 +94,10 @@ def main():
                 finally:
                     compare.stop(proc)
     load_after = os.getloadavg()
+    if args.show_rounds:
+        for (n, label), v in samples.items():
+            print(f"{n}, {label}: p50 by round {[round(x['p50_us']) for x in v]}, "
+                  f"p99 by round {[round(x['p99_us']) for x in v]}", file=sys.stderr)
     med = {k: {m: sorted(s[m] for s in v)[len(v) // 2] for m in v[0]} for k, v in samples.items()}
     lost = sum(s["lost"] + s["reordered"] for v in samples.values() for s in v)
     print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, medians of {args.rounds} interleaved "

@@ -2,8 +2,9 @@
  * of a connection to this pump, which splices them in its own thread with epoll, without the
  * interpreter or the GIL. The rules are pump.py's, byte for byte:
  *   - what is read from one side is written to the other, in order; what the peer cannot take now
- *     is kept, and once HIGH_WATER bytes wait that side is not read until they drain, so memory
- *     per connection is bounded (HIGH_WATER + SCRATCH each way) whatever the peers do;
+ *     is kept, and once HIGH_WATER bytes wait that side is not read until no more than LOW_WATER
+ *     do (pump.py's marks), so memory per connection is bounded (HIGH_WATER + SCRATCH each way)
+ *     whatever the peers do;
  *   - FIN is forwarded as shutdown(SHUT_WR) once what came before it is flushed (half-close); the
  *     pair closes once both sides sent FIN;
  *   - a side that is lost (reset, timed out) is closed at once; its peer gets what was read for it,
@@ -25,7 +26,8 @@
 #include <unistd.h>
 
 #define SCRATCH (256 * 1024)      /* one read */
-#define HIGH_WATER (256 * 1024)   /* a side is not read while this much of its bytes waits here */
+#define HIGH_WATER (256 * 1024)   /* a side is not read once this much of its bytes waits here, */
+#define LOW_WATER (64 * 1024)     /* until no more than this does */
 #define MAX_EVENTS 256
 
 enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_RELEASE, CMD_STOP };
@@ -45,6 +47,7 @@ struct side {
 struct direction {   /* bytes read from side i, written to side 1 - i */
     char *pend;      /* what the writer could not take yet: plen bytes at poff, room for cap */
     size_t plen, poff, cap;
+    int full;        /* HIGH_WATER reached: side i is not read until LOW_WATER */
     int eof;         /* side i sent FIN */
     int shut;        /* FIN forwarded */
 };
@@ -112,7 +115,9 @@ static void set_mask(struct pump *p, struct side *s) {
     struct pair *pr = s->pair;
     if (s->fd < 0) return;
     uint32_t want = 0;
-    if (!pr->closing && !pr->dir[s->idx].eof && pr->dir[s->idx].plen < HIGH_WATER && pr->side[1 - s->idx].fd >= 0)
+    struct direction *d = &pr->dir[s->idx];
+    if (d->full ? d->plen <= LOW_WATER : d->plen >= HIGH_WATER) d->full = !d->full;
+    if (!pr->closing && !d->eof && !d->full && pr->side[1 - s->idx].fd >= 0)
         want |= EPOLLIN;
     if (pr->dir[1 - s->idx].plen) want |= EPOLLOUT;
     if (want == s->mask) return;
