@@ -6,5 +6,7 @@ setlocal
 cd /d "%~dp0.."
 call "%~dp0_venv.cmd" || exit /b 1
 "%VENV_PY%" -m pip install -q --disable-pip-version-check . || exit /b 1
-"%VENV_PY%" -m relay %*
+rem the installed command, as scripts/install runs it (not python -m relay from this checkout)
+for %%I in ("%VENV_PY%") do set "VENV_BIN=%%~dpI"
+"%VENV_BIN%relay.exe" %*
 exit /b %ERRORLEVEL%

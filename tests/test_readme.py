@@ -39,6 +39,8 @@ def test_readme_quick_start_is_what_ci_runs_on_each_platform():
 
 def pip_target_and_command(text):
     target = re.search(r'-m pip install -q --disable-pip-version-check (.+?)(?: \|\||$)', text, re.M).group(1)
+    if re.search(r'^exec "\$\(dirname "\$VENV_PY"\)/relay" "\$@"$|^"%VENV_BIN%relay\.exe" %\*$', text, re.M):
+        return target.strip(), "the installed relay"
     command = re.search(r'VENV_PY%?"? -m (relay|pytest) ', text).group(1)
     return target.strip(), command
 
