@@ -11,9 +11,12 @@ import asyncio
 import ctypes
 import errno
 import glob
+import logging
 import os
 import sys
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+from .logs import event
 
 if TYPE_CHECKING:   # pragma: no cover
     from .pump import Splice
@@ -51,11 +54,13 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
 
 _lib = _load()
 _pump: Optional["NativePump"] = None
+_failed: Optional[str] = None     # why the pump thread could not start (then: Python pump only)
+log = logging.getLogger("relay")
 
 
 def available() -> Optional[str]:
     """The library's path when the native pump can run here, else None."""
-    return _lib._name if _lib is not None else None
+    return _lib._name if _lib is not None and _failed is None else None
 
 
 def high_water() -> int:
@@ -63,11 +68,19 @@ def high_water() -> int:
     return _lib.relay_pump_high_water()
 
 
-def pump() -> "NativePump":
-    """This process's pump (one thread for every route), attached to the running loop."""
-    global _pump
+def pump() -> Optional["NativePump"]:
+    """This process's pump (one thread for every route), attached to the running loop; None (and
+    one warning) if its thread cannot start: the Python pump carries on."""
+    global _pump, _failed
     if _pump is None or _pump.pid != os.getpid():
-        _pump = NativePump(_lib)
+        if available() is None:
+            return None
+        try:
+            _pump = NativePump(_lib)
+        except OSError as e:
+            _failed = e.strerror or str(e)
+            event(log, logging.WARNING, "native-pump-off", error=_failed, note="every byte goes through the Python pump")
+            return None
     _pump.attach(asyncio.get_event_loop())
     return _pump
 

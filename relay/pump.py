@@ -258,6 +258,9 @@ class Splice:
         if self.held or any(leg.transport.get_write_buffer_size() for leg in legs):
             asyncio.get_event_loop().call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
             return
+        pump = native_pump.pump()
+        if pump is None:
+            return
         fds: List[int] = []
         try:
             for leg in legs:
@@ -266,7 +269,7 @@ class Splice:
             for fd in fds:
                 os.close(fd)
             return
-        pair = native_pump.pump().add(self, fds[0], fds[1], self.route.settings.drain_timeout)
+        pair = pump.add(self, fds[0], fds[1], self.route.settings.drain_timeout)
         if not pair:
             return
         self.native, self.handed_over = pair, True

@@ -159,3 +159,32 @@ def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_g
 
     with caplog.at_level(logging.INFO, logger="relay"):
         run(main())
+
+
+def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, caplog, monkeypatch):
+    """Fault injection: the thread cannot be made (EAGAIN, as pthread_create says under a thread
+    limit). Bytes still flow, one warning says why, and the relay reports the Python pump."""
+    def cannot_start(self, lib):
+        raise OSError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(native_pump.NativePump, "__init__", cannot_start)
+    monkeypatch.setattr(native_pump, "_pump", None)
+    monkeypatch.setattr(native_pump, "_failed", None)
+
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False)
+            for _ in range(2):
+                reader, writer = await asyncio.open_connection(*address(relay))
+                for _ in range(3):
+                    writer.write(b"ping")
+                    assert await reader.readexactly(4) == b"ping"
+                assert next(iter(relay.routes[0].active)).native is None
+                writer.close()
+                await wait_for(lambda: not relay.routes[0].active, what="the connection to finish")
+            assert json.loads(await relay.status_answer())["pump"] == "python"
+            await relay.shutdown(0)
+
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+    warnings = records(caplog, "native-pump-off")
+    assert len(warnings) == 1 and warnings[0].fields["error"] == "Resource temporarily unavailable"
