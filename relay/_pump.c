@@ -30,7 +30,7 @@
 #define LOW_WATER (64 * 1024)     /* until no more than this does */
 #define MAX_EVENTS 256
 
-enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_RELEASE, CMD_STOP };
+enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_RELEASE };
 /* who ended a pair, as reported: the side (0 client, 1 upstream) that sent FIN or was lost first,
  * or the relay */
 enum { BY_CLIENT = 0, BY_UPSTREAM = 1, BY_RELAY = 2 };
@@ -151,6 +151,12 @@ static void finish_if_done(struct pump *p, struct pair *pr) {
     q_push(&p->reports, &r);
     pthread_mutex_unlock(&p->lock);
     wake(p->report_fd);
+}
+
+/* Close both sides now, whatever is still owed to them. */
+static void cut(struct pump *p, struct pair *pr) {
+    for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
+    finish_if_done(p, pr);
 }
 
 static void ended_by(struct pair *pr, int by, int err) {
@@ -306,18 +312,16 @@ static void add_pair(struct pump *p, struct pair *pr) {
     if (pr->by >= 0) start_closing(p, pr);
 }
 
-static int run_commands(struct pump *p) {
+static void run_commands(struct pump *p) {
     uint64_t n;
-    if (read(p->cmd_fd, &n, sizeof n) < 0 && errno != EAGAIN) return 0;
+    if (read(p->cmd_fd, &n, sizeof n) < 0 && errno != EAGAIN) return;
     pthread_mutex_lock(&p->lock);
-    size_t len = p->cmds.len;
-    struct cmd *cmds = malloc(len * sizeof *cmds);
-    if (cmds) memcpy(cmds, p->cmds.items, len * sizeof *cmds);
-    if (cmds) p->cmds.len = 0;
+    struct queue batch = p->cmds;                    /* take the whole queue; Python starts a new one */
+    p->cmds.items = NULL;
+    p->cmds.len = p->cmds.cap = 0;
     pthread_mutex_unlock(&p->lock);
-    if (!cmds) return 0;
-    int stop = 0;
-    for (size_t k = 0; k < len; k++) {
+    struct cmd *cmds = batch.items;
+    for (size_t k = 0; k < batch.len; k++) {
         struct pair *pr = cmds[k].pair;
         switch (cmds[k].op) {
         case CMD_ADD: add_pair(p, pr); break;
@@ -325,18 +329,12 @@ static int run_commands(struct pump *p) {
             if (!pr->reported) { ended_by(pr, BY_RELAY, 0); start_closing(p, pr); }
             break;
         case CMD_ABORT:
-            if (!pr->reported) {
-                ended_by(pr, BY_RELAY, 0);
-                for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
-                finish_if_done(p, pr);
-            }
+            if (!pr->reported) { ended_by(pr, BY_RELAY, 0); cut(p, pr); }
             break;
         case CMD_RELEASE: free(pr); break;
-        case CMD_STOP: stop = 1; break;
         }
     }
     free(cmds);
-    return stop;
 }
 
 static void expire(struct pump *p) {
@@ -344,10 +342,7 @@ static void expire(struct pump *p) {
     struct pair *pr = p->live, *next;
     for (; pr; pr = next) {
         next = pr->next;
-        if (pr->closing && now >= pr->deadline) {
-            for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
-            finish_if_done(p, pr);
-        }
+        if (pr->closing && now >= pr->deadline) cut(p, pr);
     }
 }
 
@@ -366,20 +361,10 @@ static void *run(void *arg) {
         int n = epoll_wait(p->ep, events, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) break;
         for (int k = 0; k < n; k++) {
-            if (events[k].data.ptr == NULL) {
-                if (run_commands(p)) goto stop;
-            } else {
-                on_event(p, events[k].data.ptr, events[k].events);
-            }
+            if (events[k].data.ptr == NULL) run_commands(p);
+            else on_event(p, events[k].data.ptr, events[k].events);
         }
         if (p->closing_count) expire(p);
-    }
-stop:
-    while (p->live) {
-        struct pair *pr = p->live;
-        ended_by(pr, BY_RELAY, 0);
-        for (int i = 0; i < 2; i++) close_side(p, &pr->side[i]);
-        finish_if_done(p, pr);
     }
     return NULL;
 }
@@ -470,23 +455,4 @@ int relay_pump_reports(struct pump *p, struct report *out, int max) {
     pthread_mutex_unlock(&p->lock);
     if (more) wake(p->report_fd);
     return k;
-}
-
-/* Abort every pair (each is reported), end the thread. The reports stay readable until relay_pump_free. */
-void relay_pump_stop(struct pump *p) {
-    if (push_cmd(p, CMD_STOP, NULL) == 0) pthread_join(p->thread, NULL);
-}
-
-void relay_pump_free(struct pump *p) {
-    for (size_t k = 0; k < p->cmds.len; k++) {   /* releases the stopped thread did not get to */
-        struct cmd *c = (struct cmd *)p->cmds.items + k;
-        if (c->op == CMD_RELEASE) free(c->pair);
-    }
-    close(p->ep);
-    close(p->cmd_fd);
-    close(p->report_fd);
-    free(p->cmds.items);
-    free(p->reports.items);
-    free(p->scratch);
-    free(p);
 }

@@ -134,10 +134,10 @@ class CannotStart(Exception):
 def pump_in_use(settings: cfg.Settings) -> str:
     """What moves the bytes of settled sessions, in words for the first log line."""
     from . import native_pump
+    if native_pump.chosen(settings.pump):
+        return "native"
     if settings.pump == "python":
         return "python (pump: python)"
-    if native_pump.available():
-        return "native"
     why = "built on Linux only" if not sys.platform.startswith("linux") else "not built: no C compiler at install"
     return f"python (native pump {why})"
 

@@ -589,7 +589,7 @@ class Relay:
         doc = {"service": discovery.SERVICE, "kind": "status", "protocol": discovery.PROTOCOL,
                "version": discovery.__version__, "pid": os.getpid(), "up_seconds": round(time.time() - self.started),
                "config": self.source, "log_file": logs.current_file,
-               "pump": "native" if self.config.settings.pump == "auto" and native_pump.available() else "python",
+               "pump": "native" if native_pump.chosen(self.config.settings.pump) else "python",
                "routes": [{"name": r.route.name, "state": r.state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
@@ -597,9 +597,10 @@ class Relay:
                                             "phase": sp.phase, "reason": sp.reason,
                                             "pid": sp.process[0] if sp.process else None,
                                             "command": sp.process[1] if sp.process else None,
-                                            "server_version": sp.server_version, "bytes_up": sp.counts()[0],
+                                            "server_version": sp.server_version,
+                                            **dict(zip(("bytes_up", "bytes_down"), sp.counts())),
                                             "pump": "native" if sp.native is not None else "python",
-                                            "bytes_down": sp.counts()[1], "age": round(now - sp.started, 1)}
+                                            "age": round(now - sp.started, 1)}
                                            for sp in r.active]}
                           for r in self.routes]}
         return json.dumps(doc).encode() + b"\n"

@@ -21,7 +21,7 @@ from .logs import event
 if TYPE_CHECKING:   # pragma: no cover
     from .pump import Splice
 
-BY_CLIENT, BY_UPSTREAM, BY_RELAY = 0, 1, 2
+ENDED_BY = ("client", "upstream", "relay")   # a report's `by`, as _pump.c numbers them
 REPORTS_AT_ONCE = 64
 
 
@@ -44,7 +44,6 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
                                 ("relay_pump_release", i, (vp, vp)),
                                 ("relay_pump_counts", None, (vp, ctypes.POINTER(ctypes.c_uint64 * 4))),
                                 ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
-                                ("relay_pump_stop", None, (vp,)), ("relay_pump_free", None, (vp,)),
                                 ("relay_pump_high_water", ctypes.c_long, ())):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, list(args)
@@ -61,6 +60,11 @@ log = logging.getLogger("relay")
 def available() -> Optional[str]:
     """The library's path when the native pump can run here, else None."""
     return _lib._name if _lib is not None and _failed is None else None
+
+
+def chosen(setting: str) -> bool:
+    """Whether settled sessions go to the native pump under the `pump` setting ('auto' | 'python')."""
+    return setting != "python" and available() is not None
 
 
 def high_water() -> int:
@@ -86,6 +90,8 @@ def pump() -> Optional["NativePump"]:
 
 
 class NativePump:
+    """The pump thread, one per process for as long as the process lives."""
+
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
         self.handle = lib.relay_pump_start()
@@ -132,12 +138,3 @@ class NativePump:
                     splice.native_closed(sent, by, err)
             if n < REPORTS_AT_ONCE:
                 return
-
-    def stop(self) -> None:
-        """Tests only: abort every pair, report them, and end the thread."""
-        self.lib.relay_pump_stop(self.handle)
-        self._on_reports()
-        if self.loop is not None and not self.loop.is_closed():
-            self.loop.remove_reader(self.fd)
-        self.lib.relay_pump_free(self.handle)
-        self.handle = None

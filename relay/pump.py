@@ -244,7 +244,7 @@ class Splice:
     # -- the native pump: from a settled opening on, the bytes only need moving -----------------
 
     def _settled(self) -> None:
-        if self.route.settings.pump != "python" and native_pump.available():
+        if native_pump.chosen(self.route.settings.pump):
             asyncio.get_event_loop().call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
@@ -282,7 +282,7 @@ class Splice:
         self.native = None
         self.client.lost = self.upstream.lost = True
         if self.closed_by is None:
-            side = ("client", "upstream", "relay")[by]
+            side = native_pump.ENDED_BY[by]
             self.closed_by = f"{side} ({_why(OSError(err, os.strerror(err)))})" if err else side
         self._finish()
 
