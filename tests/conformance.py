@@ -8,6 +8,7 @@ import asyncio
 from typing import List
 
 from helpers import Backend, address, read_all, reset, tcp_states, wait_for
+from relay import native_pump
 from relay.pump import MAX_BUFFERED_PER_CONNECTION
 
 
@@ -32,7 +33,6 @@ def _stalled(splice, direction: str):
     """(relay stopped reading the fast side, bytes the relay holds for it, bytes read from it)."""
     k = 0 if direction == "up" else 1
     if splice.native is not None:
-        from relay import native_pump
         counts = native_pump.pump().counts(splice.native)
         return counts[2 + k] >= native_pump.high_water(), counts[2 + k], counts[k]   # then it reads no more
     reading_leg, writing_leg = (splice.client, splice.upstream) if k == 0 else (splice.upstream, splice.client)

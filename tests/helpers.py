@@ -4,6 +4,7 @@ import os
 import queue
 import socket
 import subprocess
+import sys
 import struct
 import threading
 import time
@@ -128,6 +129,23 @@ def open_fds() -> int:
     import psutil
     me = psutil.Process()
     return me.num_handles() if hasattr(me, "num_handles") else me.num_fds()
+
+
+def records(caplog, name: str) -> list:
+    """The relay's log records of one event (`event(...)` name), in order."""
+    return [r for r in caplog.records if r.getMessage() == name]
+
+
+def native_pump_missing() -> Optional[str]:
+    """Why the native pump cannot be tested here, or None when it can. CI's Linux builds it, so
+    there its absence fails the test that asks instead of skipping it."""
+    from relay import native_pump
+    if native_pump.available():
+        return None
+    if not sys.platform.startswith("linux"):
+        return "the native pump is Linux only (epoll); this platform always runs the Python pump"
+    assert not os.environ.get("CI"), "CI on Linux must build the native pump (is gcc installed?)"
+    return "the native pump was not built: no C compiler when the package was installed"
 
 
 def sockets_here(peer) -> List[socket.socket]:

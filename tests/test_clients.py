@@ -8,14 +8,10 @@ import time
 import pytest
 
 from fake_tws import FakeTws
-from helpers import start_relay, wait_for
+from helpers import records, start_relay, wait_for
 from relay.config import Endpoint
 
 HERE = os.path.dirname(__file__)
-
-
-def records(caplog, name):
-    return [r for r in caplog.records if r.getMessage() == name]
 
 
 async def bot(*argv, stdin=None):

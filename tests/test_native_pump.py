@@ -5,22 +5,16 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 
 import pytest
 
-from helpers import Backend, address, echo, reset, start_relay, wait_for
+from helpers import Backend, address, echo, native_pump_missing, records, reset, start_relay, wait_for
 from relay import native_pump
 from tws_sessions import session
 
-if not native_pump.available():
-    assert not (os.environ.get("CI") and sys.platform.startswith("linux")), "native pump not built"
-    pytestmark = pytest.mark.skip(reason="the native pump is not built here (Linux with a C compiler at install)")
-
-
-def records(caplog, name):
-    return [r for r in caplog.records if r.getMessage() == name]
+MISSING = native_pump_missing()
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 
 async def _tws_then_echo(reader, writer, client: bytes, server: bytes, answer: asyncio.Event) -> None:

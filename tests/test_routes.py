@@ -7,15 +7,11 @@ import socket
 
 import pytest
 
-from helpers import (Backend, address, echo, open_fds, read_all, reset, sockets_here, start_relay, tcp_states,
-                     wait_for)
+from helpers import (Backend, address, echo, open_fds, read_all, records, reset, sockets_here, start_relay,
+                     tcp_states, wait_for)
 from relay.config import Endpoint
 from relay.listener import BindError
 from relay.pump import HOLD_LIMIT
-
-
-def events(caplog, name):
-    return [r for r in caplog.records if r.getMessage() == name]
 
 
 class FullBacklog:
@@ -61,8 +57,8 @@ def test_refused_target_closes_client_and_names_target(run, caplog):
         relay = await start_relay(Endpoint("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(*address(relay))
         assert await closed_by_relay(reader)
-        await wait_for(lambda: events(caplog, "upstream-failed"), what="upstream-failed log line")
-        rec = events(caplog, "upstream-failed")[0]
+        await wait_for(lambda: records(caplog, "upstream-failed"), what="upstream-failed log line")
+        rec = records(caplog, "upstream-failed")[0]
         assert rec.fields["target"] == f"127.0.0.1:{port}"
         assert "refused" in rec.fields["error"].lower()
         writer.close()
@@ -81,7 +77,7 @@ def test_unreachable_target_times_out_and_closes_client(run, caplog):
             t0 = loop.time()
             assert await closed_by_relay(reader)
             assert loop.time() - t0 < 2.0
-            rec = events(caplog, "upstream-failed")[0]
+            rec = records(caplog, "upstream-failed")[0]
             assert rec.fields["error"] == "timed out"
             writer.close()
             await relay.shutdown(0)
@@ -136,7 +132,7 @@ def test_allowlist_refuses_outsiders_without_touching_target_and_rate_limits_log
                 assert await closed_by_relay(reader)
                 writer.close()
             assert backend.accepted == 0
-            refused = events(caplog, "refused")
+            refused = records(caplog, "refused")
             assert len(refused) == 5             # burst of 5, the rest suppressed
             assert refused[0].fields["reason"] == "not-in-allowlist"
             assert refused[0].fields["peer"].startswith("127.0.0.1:")
@@ -166,7 +162,7 @@ def test_connection_cap_refuses_extra_and_keeps_existing(run, caplog):
             await wait_for(lambda: len(relay.routes[0].active) == 2, what="two admitted")
             reader3, writer3 = await asyncio.open_connection(*address(relay))
             assert await closed_by_relay(reader3)
-            assert events(caplog, "refused")[0].fields["reason"] == "connection-cap"
+            assert records(caplog, "refused")[0].fields["reason"] == "connection-cap"
             for i, (r, w) in enumerate(conns):
                 w.write(b"still here %d" % i)
                 assert await r.readexactly(12) == b"still here %d" % i

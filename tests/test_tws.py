@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fake_tws import FakeTws
-from helpers import start_relay, wait_for
+from helpers import records, start_relay, wait_for
 from relay import tws
 from relay.config import Endpoint
 from tws_sessions import session, start_api
@@ -124,10 +124,6 @@ async def connect_bot(port, client_id, version_max=225):   # as ibapi 10.46 offe
 async def read_message(reader):
     size = struct.unpack(">I", await reader.readexactly(4))[0]
     return tws.split_fields(await reader.readexactly(size))
-
-
-def records(caplog, name):
-    return [r for r in caplog.records if r.getMessage() == name]
 
 
 @pytest.mark.parametrize("version", [176, 205, 213])
