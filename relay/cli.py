@@ -38,6 +38,21 @@ class PortOrOff(click.ParamType):
         self.fail(f"{value!r} is not a port (0-65535) or 'off'", param, ctx)
 
 
+class PumpThreads(click.ParamType):
+    """A number of native pump threads, or `auto` (one per CPU): 0."""
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return 0
+        if text.isdigit() and 1 <= int(text) <= cfg.MAX_PUMP_THREADS:
+            return int(text)
+        self.fail(f"{value!r} is not a number of threads (1-{cfg.MAX_PUMP_THREADS}) or 'auto'", param, ctx)
+
+
 def fail(message: str) -> "NoReturn":  # noqa: F821
     click.echo(f"relay: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
@@ -131,6 +146,12 @@ class CannotStart(Exception):
     """The service could not start; the message says why (exit 1)."""
 
 
+def pump_threads(settings: cfg.Settings) -> Optional[int]:
+    """How many native pump threads the relay may start; None when the native pump is not used."""
+    from . import native_pump
+    return (settings.pump_threads or native_pump.threads_default()) if native_pump.chosen(settings.pump) else None
+
+
 def pump_in_use(settings: cfg.Settings) -> str:
     """What moves the bytes of settled sessions, in words for the first log line."""
     from . import native_pump
@@ -153,8 +174,10 @@ def run(settings: cfg.Settings, loop_choice: str, source_note: str, make) -> int
         name, why = loops.choose(loop_choice, sys.platform, loops.installed_versions())
     except loops.LoopError as e:
         fail(str(e))
+    threads = pump_threads(settings)
     event(log, logging.INFO, "starting", version=__version__, config=source_note, loop=name, loop_choice=why,
-          pump=pump_in_use(settings), log_file=log_file or "none (stderr)")
+          pump=pump_in_use(settings), **({"pump_threads": threads} if threads else {}),
+          log_file=log_file or "none (stderr)")
     loop = loops.factory(name)()
     asyncio.set_event_loop(loop)
     try:
@@ -219,13 +242,16 @@ def main(ctx: click.Context) -> None:
 @click.option("--pump", type=click.Choice(cfg.PUMPS), default=None,
               help="Who moves a session's bytes once its opening is settled (default from config, else auto: "
                    "the native pump where it was built, Linux; 'python': always the event loop).")
+@click.option("--pump-threads", type=PumpThreads(), default=None,
+              help="Native pump threads; sessions go to the least busy (default from config, else auto: one per "
+                   "CPU the relay may use).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
 @click.option("--log-file", metavar="PATH", default=None,
               help="Also log to this rotating file ('off': never). Default: log.file, else a file only when there "
                    "is no console (%LOCALAPPDATA%\\relay\\logs\\relay.log, ~/.local/state/relay/relay.log).")
 def serve(config_path, listen, target, allow, max_connections, name, discovery_port, status_port,
-          expose_to_all_networks, loop_choice, pump, log_format, log_level, log_file) -> None:
+          expose_to_all_networks, loop_choice, pump, pump_threads, log_format, log_level, log_file) -> None:
     """Serve routes: from relay.yaml, or one route given by --listen and --target.
 
     \b
@@ -253,7 +279,7 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
             fail(f"{', '.join(one_route_only)} belong(s) to the one-route form (--listen/--target); "
                  "in relay.yaml use 'allow:', 'name:', 'discovery_port:' and 'status_port:'")
         config, source_note = _load(config_path)
-    config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks, pump=pump,
+    config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks, pump=pump, pump_threads=pump_threads,
                               log_format=log_format, log_level=log_level, log_file=log_file)
 
     async def make():

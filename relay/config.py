@@ -82,6 +82,8 @@ class Settings:
     loop: str = "auto"
     # Who moves a settled session's bytes: the native pump where it was built (Linux), else Python.
     pump: str = "auto"                # auto | python
+    # Native pump threads: sessions go to the least busy; 0 ("auto"): one per CPU the relay may use.
+    pump_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,14 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 LOOPS = ("auto", "asyncio", "uvloop", "winloop")
 PUMPS = ("auto", "python")
+MAX_PUMP_THREADS = 64
 TARGET_CHECKS = ("connect", "handshake", "off")
 WSL_ADAPTER = "wsl"
 
 _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
              "drain_timeout", "expose_to_all_networks", "discovery_port", "tws_aware",
              "reject_duplicate_client_id", "target_check", "check_interval", "check_interval_down",
-             "status_port", "log", "loop", "pump")
+             "status_port", "log", "loop", "pump", "pump_threads")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
 _LOG_KEYS = ("level", "format", "file")
@@ -291,6 +294,12 @@ def parse_settings(doc: dict) -> Settings:
         kw["loop"] = _choice(doc["loop"], "loop", LOOPS)
     if "pump" in doc:
         kw["pump"] = _choice(doc["pump"], "pump", PUMPS)
+    if "pump_threads" in doc:
+        v = doc["pump_threads"]
+        if isinstance(v, str) and v != "auto":
+            raise ConfigError(f"expected a whole number (1-{MAX_PUMP_THREADS}) or 'auto', got {v!r}", "pump_threads")
+        kw["pump_threads"] = 0 if v == "auto" else int(_number(v, "pump_threads", low=1, high=MAX_PUMP_THREADS,
+                                                                   integer=True))
     return Settings(**kw)
 
 

@@ -14,7 +14,7 @@ import glob
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from .logs import event
 
@@ -52,7 +52,7 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
 
 
 _lib = _load()
-_pump: Optional["NativePump"] = None
+_pumps: List["NativePump"] = []
 _failed: Optional[str] = None     # why the pump thread could not start (then: Python pump only)
 log = logging.getLogger("relay")
 
@@ -72,21 +72,42 @@ def high_water() -> int:
     return _lib.relay_pump_high_water()
 
 
-def pump() -> Optional["NativePump"]:
-    """This process's pump (one thread for every route), attached to the running loop; None (and
-    one warning) if its thread cannot start: the Python pump carries on."""
-    global _pump, _failed
-    if _pump is None or _pump.pid != os.getpid():
-        if available() is None:
-            return None
+def threads_default() -> int:
+    """One pump thread per CPU this process may run on, as HAProxy's nbthread defaults."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):    # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def threads_running() -> int:
+    """Native pump threads started in this process so far."""
+    return sum(p.pid == os.getpid() for p in _pumps)
+
+
+def pump(threads: int = 0) -> Optional["NativePump"]:
+    """The pump thread with the fewest pairs, attached to the running loop; a new thread while every
+    running one is busy and there are fewer than `threads` (0: threads_default()). None (and one
+    warning) if a thread cannot start and none runs: the Python pump carries on."""
+    global _failed
+    threads = threads or threads_default()
+    if _pumps and _pumps[0].pid != os.getpid():
+        _pumps.clear()                        # a forked child: the threads stayed in the parent
+    if available() is None:
+        return None
+    chosen = min(_pumps[:threads], key=lambda p: len(p.pairs), default=None)
+    if chosen is None or (chosen.pairs and len(_pumps) < threads):
         try:
-            _pump = NativePump(_lib)
+            chosen = NativePump(_lib)
+            _pumps.append(chosen)
         except OSError as e:
-            _failed = e.strerror or str(e)
-            event(log, logging.WARNING, "native-pump-off", error=_failed, note="every byte goes through the Python pump")
-            return None
-    _pump.attach(asyncio.get_event_loop())
-    return _pump
+            if not _pumps:
+                _failed = e.strerror or str(e)
+                event(log, logging.WARNING, "native-pump-off", error=_failed,
+                      note="every byte goes through the Python pump")
+                return None
+    chosen.attach(asyncio.get_event_loop())
+    return chosen
 
 
 class NativePump:

@@ -109,7 +109,7 @@ class Splice:
 
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
-                 "phase", "reason", "hello_seen", "reply_timer", "native", "handed_over",
+                 "phase", "reason", "hello_seen", "reply_timer", "native", "native_pump", "handed_over",
                  "__weakref__")
 
     def __init__(self, route: "RouteServer"):
@@ -136,6 +136,7 @@ class Splice:
         self.reply_timer: Optional[asyncio.TimerHandle] = None
         self.handshake: Optional[tws.Handshake] = None
         self.native: Optional[int] = None         # the native pump's pair while it carries the bytes
+        self.native_pump: Optional["native_pump.NativePump"] = None
         self.handed_over = False
         if route.settings.tws_aware:
             self.handshake = tws.Handshake()
@@ -258,7 +259,7 @@ class Splice:
         if self.held or any(leg.transport.get_write_buffer_size() for leg in legs):
             asyncio.get_event_loop().call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
             return
-        pump = native_pump.pump()
+        pump = native_pump.pump(self.route.settings.pump_threads)
         if pump is None:
             return
         fds: List[int] = []
@@ -272,7 +273,7 @@ class Splice:
         pair = pump.add(self, fds[0], fds[1], self.route.settings.drain_timeout)
         if not pair:
             return
-        self.native, self.handed_over = pair, True
+        self.native, self.native_pump, self.handed_over = pair, pump, True
         for leg in legs:
             leg.transport.close()   # lets go of our descriptor only; the socket lives on in the pump
 
@@ -290,7 +291,7 @@ class Splice:
         """Bytes received from the client and from upstream so far."""
         up, down = self.client.nbytes, self.upstream.nbytes
         if self.native is not None:
-            a, b, _, _ = native_pump.pump().counts(self.native)
+            a, b, _, _ = self.native_pump.counts(self.native)
             up, down = up + a, down + b
         return up, down
 
@@ -344,7 +345,7 @@ class Splice:
     def close(self) -> None:
         """Close both legs, flushing what is queued (bounded by drain_timeout)."""
         if self.native is not None:
-            native_pump.pump().close(self.native, abort=False)
+            self.native_pump.close(self.native, abort=False)
             return
         self._cancel_connect()
         for leg in (self.client, self.upstream):
@@ -355,7 +356,7 @@ class Splice:
         if self.closed_by is None:
             self.closed_by = by
         if self.native is not None:
-            native_pump.pump().close(self.native, abort=True)
+            self.native_pump.close(self.native, abort=True)
             return
         self._cancel_connect()
         for leg in (self.client, self.upstream):

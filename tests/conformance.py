@@ -33,7 +33,7 @@ def _stalled(splice, direction: str):
     """(relay stopped reading the fast side, bytes the relay holds for it, bytes read from it)."""
     k = 0 if direction == "up" else 1
     if splice.native is not None:
-        counts = native_pump.pump().counts(splice.native)
+        counts = splice.native_pump.counts(splice.native)
         return counts[2 + k] >= native_pump.high_water(), counts[2 + k], counts[k]   # then it reads no more
     reading_leg, writing_leg = (splice.client, splice.upstream) if k == 0 else (splice.upstream, splice.client)
     if not writing_leg.write_paused:

@@ -64,8 +64,8 @@ def test_help_lists_commands_and_one_route_form():
     top = run_relay("--help")
     assert top.returncode == 0 and "serve" in top.stdout and "check" in top.stdout
     serve = run_relay("serve", "--help")
-    for flag in ("--listen", "--target", "--allow", "--max-connections", "--loop", "--pump", "--log-format",
-                 "--expose-to-all-networks", "--config"):
+    for flag in ("--listen", "--target", "--allow", "--max-connections", "--loop", "--pump", "--pump-threads",
+                 "--log-format", "--expose-to-all-networks", "--config"):
         assert flag in serve.stdout
 
 
@@ -181,7 +181,10 @@ def test_second_signal_cuts_connections_at_once_without_a_traceback(tmp_path, ec
         assert any("cutting connections now" in x for x in relay.lines)
         assert "connections_cut=1" in relay.wait_line("stopped")
         assert f"loop={loop}" in relay.lines[0]
-        assert ("pump=native" if native_pump.available() else "pump=\"python") in relay.lines[0]
+        if native_pump.available():
+            assert f" pump=native pump_threads={native_pump.threads_default()} " in relay.lines[0]
+        else:
+            assert "pump=\"python" in relay.lines[0] and "pump_threads" not in relay.lines[0]
         noise = [x for x in relay.lines if "Traceback" in x or "never retrieved" in x or "Error" in x]
         assert not noise, "\n".join(relay.lines)
         assert all(x[:4].isdigit() for x in relay.lines), "\n".join(relay.lines)   # every line a log line

@@ -63,6 +63,9 @@ def test_minimal_config_gets_defaults():
     (MINIMAL + "expose_to_all_networks: yes please\n", "expose_to_all_networks", "true or false"),
     (MINIMAL + "loop: fast\n", "loop", "not one of"),
     (MINIMAL + "pump: fast\n", "pump", "not one of"),
+    (MINIMAL + "pump_threads: 0\n", "pump_threads", "out of range (1-64)"),
+    (MINIMAL + "pump_threads: many\n", "pump_threads", "or 'auto'"),
+    (MINIMAL + "pump_threads: 1.5\n", "pump_threads", "whole number"),
     (MINIMAL + "discovery_port: 17497\n", "routes[0].listen", "is the discovery port"),
     (MINIMAL + "discovery_port: yes please\n", "discovery_port", "whole number"),
     (MINIMAL + "connect_timeout: 3\nconnect_timeout: 4\n", "line 6", "duplicate key 'connect_timeout'"),
@@ -81,6 +84,11 @@ def test_target_check_off_survives_yaml_booleans():
     assert cfg.parse(MINIMAL + "target_check: off\n").settings.target_check == "off"
     assert cfg.parse(MINIMAL + "target_check: handshake\n").settings.target_check == "handshake"
     assert cfg.parse(MINIMAL + "target_check: true\n").settings.target_check == "connect"
+
+
+def test_pump_threads_auto_or_a_number():
+    assert cfg.parse(MINIMAL).settings.pump_threads == 0 == cfg.parse(MINIMAL + "pump_threads: auto\n").settings.pump_threads
+    assert cfg.parse(MINIMAL + "pump_threads: 3\n").settings.pump_threads == 3
 
 
 def test_listen_forms_for_adapters():

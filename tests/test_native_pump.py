@@ -85,6 +85,37 @@ def test_pump_python_keeps_every_byte_in_the_event_loop(run):
     run(main())
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
+    """Each new session goes to the pump thread with the fewest sessions; a thread is added only
+    while every running one is busy and there are fewer than pump_threads."""
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=threads)
+            route = relay.routes[0]
+            streams = []
+            for _ in range(4):
+                reader, writer = await asyncio.open_connection(*address(relay))
+                writer.write(b"hi")
+                assert await reader.readexactly(2) == b"hi"
+                streams.append((next(s for s in route.active if s not in {x for x, _, _ in streams}), reader, writer))
+                await wait_for(lambda: streams[-1][0].native is not None, what="hand-over to the native pump")
+            pumps = [splice.native_pump for splice, _, _ in streams]
+            assert len(set(pumps)) == threads
+            assert sorted(pumps.count(p) for p in set(pumps)) == {1: [4], 2: [2, 2], 3: [1, 1, 2]}[threads]
+            assert json.loads(await relay.status_answer())["pump_threads"] >= threads
+            payloads = [os.urandom(200_000 + i) for i in range(4)]
+            for (_, _, writer), payload in zip(streams, payloads):
+                writer.write(payload)
+            for (_, reader, _), payload in zip(streams, payloads):
+                assert await reader.readexactly(len(payload)) == payload
+            for _, _, writer in streams:
+                writer.close()
+            await wait_for(lambda: not route.active, what="the connections to finish")
+            await relay.shutdown(0)
+    run(main())
+
+
 def test_shutdown_closes_native_connections_and_logs_them(run, caplog):
     async def main():
         async with Backend(echo) as backend:
@@ -139,8 +170,7 @@ def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_g
             await wait_for(lambda: route.active, what="connection to open")
             splice = next(iter(route.active))
             await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            pump = native_pump.pump()
-            await wait_for(lambda: pump.counts(splice.native)[3] >= native_pump.high_water(),
+            await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= native_pump.high_water(),
                            what="the relay to hold bytes for the client that does not read")
             flooding.set()
             started = time.monotonic()
@@ -161,7 +191,7 @@ def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, c
     def cannot_start(self, lib):
         raise OSError(11, "Resource temporarily unavailable")
     monkeypatch.setattr(native_pump.NativePump, "__init__", cannot_start)
-    monkeypatch.setattr(native_pump, "_pump", None)
+    monkeypatch.setattr(native_pump, "_pumps", [])
     monkeypatch.setattr(native_pump, "_failed", None)
 
     async def main():
