@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Side-by-side benchmark: direct, relay (uvloop and asyncio), socat, HAProxy, and two relay
-processes sharing the clients (relay-2proc: the multi-core design study), one run, same backends,
-same C load generator (bench/loadgen.c). Prints a table and the relay's ratio to HAProxy.
+"""Side-by-side benchmark: direct, relay (uvloop and asyncio; relay-1thread: one pump thread), socat,
+HAProxy (default and nbthread 1), and two relay processes sharing the clients (relay-2proc: the
+multi-core design study), one run, same backends, same C load generator (bench/loadgen.c). Prints
+a table and each relay's ratio to the HAProxy with as many threads.
 
     python3 bench/compare.py [--quick] [--only direct,relay-uvloop,...]
     python3 bench/compare.py --two-hop          (the WSL path: forwarder + relay vs relay alone)
@@ -97,9 +98,9 @@ def start_direct(tmp):
     return None, ECHO, SINK
 
 
-def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect", ports=(P_ECHO, P_SINK)):
+def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect", ports=(P_ECHO, P_SINK), threads="auto"):
     pe, ps = ports
-    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}-{pe}.yaml")
+    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}-{pe}-{threads}.yaml")
     with open(conf, "w") as f:
         f.write(f"""tws_aware: {str(tws_aware).lower()}
 target_check: {target_check}
@@ -109,6 +110,7 @@ routes:
   - {{name: sink, listen: "127.0.0.1:{ps}", target: "127.0.0.1:{SINK}", max_connections: 10000}}
 log: {{level: {os.environ.get("RELAY_BENCH_LOG", "warning")}}}
 loop: {loop}
+pump_threads: {threads}
 """)
     p = subprocess.Popen([*prefix, sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=open(conf + ".log", "w"))
@@ -120,7 +122,7 @@ def start_relay_per_core(tmp, cores=2):
     relay-uvloop's config on its own ports to the same backends; the clients spread their
     connections over them as SO_REUSEPORT would (without the shared clientId / cap state a real
     design needs, so this is an upper bound on what it gains)."""
-    started = [start_relay(tmp, "uvloop", ports=(P_ECHO + 100 * (i + 1), P_SINK + 100 * (i + 1)))
+    started = [start_relay(tmp, "uvloop", ports=(P_ECHO + 100 * (i + 1), P_SINK + 100 * (i + 1)), threads=1)
                for i in range(cores)]
     return (Group([p for p, _, _ in started]), ",".join(str(pe) for _, pe, _ in started),
             ",".join(str(ps) for _, _, ps in started))
@@ -177,11 +179,12 @@ listen sink
 
 CONTENDERS = {
     "direct": start_direct,
-    "relay-uvloop": lambda tmp: start_relay(tmp, "uvloop"),
+    "relay-uvloop": lambda tmp: start_relay(tmp, "uvloop"),        # its default: a pump thread per core
     "relay-asyncio": lambda tmp: start_relay(tmp, "asyncio"),
+    "relay-1thread": lambda tmp: start_relay(tmp, "uvloop", threads=1),   # pump_threads: 1
     "socat": start_socat,
     "haproxy": start_haproxy,                     # its default: one thread per core
-    "haproxy-1thread": lambda tmp: start_haproxy(tmp, 1),   # like for like with the one-threaded relay
+    "haproxy-1thread": lambda tmp: start_haproxy(tmp, 1),   # like for like with relay-1thread
     "relay-2proc": start_relay_per_core,          # the design study: one relay process per core
 }
 
@@ -242,11 +245,15 @@ ROWS = [("ping-pong p50 (us)", "p50_us", "lower"), ("ping-pong p99 (us)", "p99_u
         ("KiB per idle conn", "kib_per_idle_conn", "lower")]
 
 
-def ratio(results, key, better, other):
-    """relay-uvloop against `other`, as 'how many times better' (>1 = ahead)."""
-    if "relay-uvloop" not in results or other not in results:
+# each relay against the HAProxy with as many threads: one per core, or one
+SAME_THREADS = (("relay-uvloop", "haproxy"), ("relay-1thread", "haproxy-1thread"))
+
+
+def ratio(results, key, better, mine, other):
+    """`mine` against `other`, as 'how many times better' (>1 = ahead)."""
+    if mine not in results or other not in results:
         return ""
-    r, h = results["relay-uvloop"][key], results[other][key]
+    r, h = results[mine][key], results[other][key]
     if not h or h != h or r != r:
         return ""
     x = (h / r) if better == "lower" else (r / h)
@@ -255,11 +262,11 @@ def ratio(results, key, better, other):
 
 def table(results):
     names = list(results)
-    out = ["| row | " + " | ".join(names) + " | relay-uvloop vs haproxy | vs haproxy-1thread |",
-           "|---|" + "---|" * (len(names) + 2)]
+    out = ["| row | " + " | ".join(names) + " | " + " | ".join(f"{m} vs {o}" for m, o in SAME_THREADS) + " |",
+           "|---|" + "---|" * (len(names) + len(SAME_THREADS))]
     for label, key, better in ROWS:
         cells = [f"{results[n][key]:.1f}" if results[n][key] < 100 else f"{results[n][key]:.0f}" for n in names]
-        ratios = [ratio(results, key, better, other) for other in ("haproxy", "haproxy-1thread")]
+        ratios = [ratio(results, key, better, mine, other) for mine, other in SAME_THREADS]
         out.append(f"| {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(out)
 

@@ -6,8 +6,9 @@ side by side in one run (bench/ticks.c is the stand-in TWS and the bots).
 
 Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots once a second; one
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at
-log level warning with every other default, TWS awareness and target checks on, socat, HAProxy
-default and nbthread 1, and relay-2proc: two relay processes sharing the bots). Each cell is the
+log level warning with every other default: TWS awareness and target checks on, a native pump
+thread per core; relay-1thread: pump_threads 1; socat, HAProxy default and nbthread 1, and
+relay-2proc: two relay processes with one pump thread each, sharing the bots). Each cell is the
 median of `rounds` interleaved rounds; each round runs every path once per row. Also the proxy's
 CPU seconds per million messages (its processes' user + system time over the run). It waits for a
 quiet machine first and prints the load average.
@@ -105,12 +106,12 @@ def main():
           f"messages lost or out of order on any path: {int(lost)}\n")
     for label, *_ in rows:
         print(f"**{label}** (one-way latency, us; proxy CPU s per million messages)\n")
-        print("| path | p50 | p99 | p99.9 | max | CPU s/M | p99 over rounds | p50 vs haproxy-1thread "
-              "| p99 vs haproxy-1thread |")
+        print("| path | p50 | p99 | p99.9 | max | CPU s/M | p99 over rounds | p50 vs HAProxy, same threads "
+              "| p99 vs HAProxy, same threads |")
         print("|---|---|---|---|---|---|---|---|---|")
-        ref = med.get(("haproxy-1thread", label))
         for n in names:
             m = med[(n, label)]
+            ref = med.get(("haproxy-1thread" if n.endswith("-1thread") else "haproxy", label))
             ratios = ["", ""]
             if ref:
                 ratios = [f"{ref[k] / m[k]:.2f}x" for k in ("p50_us", "p99_us")]
@@ -119,7 +120,8 @@ def main():
             print(f"| {n} | {m['p50_us']:.0f} | {m['p99_us']:.0f} | {m['p999_us']:.0f} | {m['max_us']:.0f} | {cpu} | "
                   f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} |")
         print()
-    print("(ratios: above 1.00x the path is ahead of HAProxy with one thread, the same resources as the relay; "
+    print("(ratios: above 1.00x the path is ahead of HAProxy with as many threads: haproxy-1thread for the "
+          "-1thread paths, HAProxy's default of one thread per core for the others; "
           "'p99 over rounds': the lowest and highest p99 of the rounds, this machine's noise)")
 
 
