@@ -4,8 +4,8 @@ HAProxy (default and nbthread 1), and two relay processes sharing the clients (r
 multi-core design study), one run, same backends, same C load generator (bench/loadgen.c). Prints
 a table and each relay's ratio to the HAProxy with as many threads.
 
-    python3 bench/compare.py [--quick] [--only direct,relay-uvloop,...]
-    python3 bench/compare.py --two-hop          (the WSL path: forwarder + relay vs relay alone)
+    .venv/bin/python bench/compare.py [--quick] [--only direct,relay-uvloop,...]
+    .venv/bin/python bench/compare.py --two-hop          (the WSL path: forwarder + relay vs relay alone)
 
 Needs gcc, socat and haproxy (apt-get install socat haproxy). Traffic stays on 127.0.0.1.
 Rows: ping-pong round trip p50/p99 (128-byte messages, one connection); 200 concurrent connections

@@ -2,7 +2,7 @@
 """Tick-stream benchmark: how late each market-data message reaches the bots, through each path,
 side by side in one run (bench/ticks.c is the stand-in TWS and the bots).
 
-    python3 bench/ticks.py [--rounds 5] [--secs 5] [--only direct,relay-uvloop,...] [--rows steady,...]
+    .venv/bin/python bench/ticks.py [--rounds 5] [--secs 5] [--only direct,relay-uvloop,...] [--rows steady,...]
 
 Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots once a second; one
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at

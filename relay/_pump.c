@@ -10,7 +10,8 @@
  *   - a side that is lost (reset, timed out) is closed at once; its peer gets what was read for it,
  *     then is closed, within drain_ms.
  * Python drives it through a command queue and learns of closed pairs from a report queue; an
- * eventfd wakes each side. Loaded with ctypes: no Python headers needed to build it.
+ * eventfd wakes each side. A process may start several pumps (one per CPU); each is independent
+ * and owns the pairs given to it. Loaded with ctypes: no Python headers needed to build it.
  */
 #define _GNU_SOURCE
 #include <errno.h>

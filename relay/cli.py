@@ -146,6 +146,11 @@ class CannotStart(Exception):
     """The service could not start; the message says why (exit 1)."""
 
 
+def _threads_running(status: dict) -> str:
+    n = status.get("pump_threads")
+    return f" ({n} thread{'' if n == 1 else 's'} running)" if status.get("pump") == "native" and n is not None else ""
+
+
 def pump_threads(settings: cfg.Settings) -> Optional[int]:
     """How many native pump threads the relay may start; None when the native pump is not used."""
     from . import native_pump
@@ -531,7 +536,7 @@ def status(port, as_json) -> None:
     for doc in docs:
         click.echo(f"tws-relay {doc.get('version')}, pid {doc.get('pid')}, up {doc.get('up_seconds')} s, "
                    f"config {doc.get('config')}, log {doc.get('log_file') or 'to its console'}, "
-                   f"{doc.get('pump', 'python')} pump")
+                   f"{doc.get('pump', 'python')} pump{_threads_running(doc)}")
         for r in doc.get("routes", []):
             target = {True: "up", False: "down", None: "not checked"}[r.get("target_up")]
             click.echo(f"  route {r['name']}: {r['state']}  {r['listen']} -> {r['target']} (target {target})  "

@@ -1,8 +1,10 @@
 """The native data plane (relay/_pump.c, Linux) as the Python side sees it.
 
 Once a connection's opening is settled, pump.Splice hands both sockets here; a thread in C splices
-them with epoll, by pump.py's rules, without the interpreter per message. The event loop learns of
-each closed pair from an eventfd. Where the library was not built (Windows, macOS, no C compiler at
+them with epoll, by pump.py's rules, without the interpreter per message. There are up to
+`pump_threads` such threads (default: one per CPU); each pair lives on one of them, the one with
+the fewest pairs when it came, so the threads share nothing. The event loop learns of each closed
+pair from its thread's eventfd. Where the library was not built (Windows, macOS, no C compiler at
 install), `available()` is None and the Python pump does all the work.
 """
 from __future__ import annotations
@@ -111,7 +113,7 @@ def pump(threads: int = 0) -> Optional["NativePump"]:
 
 
 class NativePump:
-    """The pump thread, one per process for as long as the process lives."""
+    """One pump thread (its own epoll, command and report queues), for as long as the process lives."""
 
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib

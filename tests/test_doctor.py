@@ -1,6 +1,7 @@
 """`relay doctor` and `relay status`: pure parsers on recorded Windows output; the commands on loopback."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from helpers import Proc, bot_session, free_port, write_config
-from relay import doctor
+from relay import doctor, native_pump
 
 HERE = os.path.dirname(__file__)
 RELAY = [sys.executable, "-m", "relay"]
@@ -93,6 +94,8 @@ def test_status_and_doctor_with_a_running_relay(tmp_path, stand_in_tws):
         assert r.returncode == 0, r.stderr
         assert f"route tws-paper: listening  127.0.0.1:{ports['listen']}" in r.stdout and "(target up)" in r.stdout
         assert "client_id 9 v176" in r.stdout and "127.0.0.1:" in r.stdout
+        assert re.search(r", native pump \(\d+ threads? running\)\n" if native_pump.available() else ", python pump\n",
+                         r.stdout), r.stdout
         doc = json.loads(run_cli("status", "--port", str(ports["status"]), "--json").stdout)
         (answer,) = doc["relays"]
         assert answer["config"] == str(conf) and answer["pid"] == relay.proc.pid
