@@ -102,6 +102,8 @@ def test_bad_one_route_arguments_exit_2():
     assert run_relay("serve", "--listen", "127.0.0.1:1").returncode == 2
     r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--allow", "banana")
     assert r.returncode == 2 and "--allow" in r.stderr
+    r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--pump-threads", "0")
+    assert r.returncode == 2 and "'0' is not a number of threads (1-64) or 'auto'" in r.stderr, r.stderr
 
 
 def test_port_in_use_exits_2_with_hint():
@@ -143,7 +145,8 @@ def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigter
 @linux_only
 def test_one_route_form_with_json_logs_and_sigint(echo_server):
     relay = RelayProcess("serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
-                         "--allow", "127.0.0.0/8", "--max-connections", "3", "--log-format", "json", "--loop", "asyncio")
+                         "--allow", "127.0.0.0/8", "--max-connections", "3", "--log-format", "json", "--loop", "asyncio",
+                         "--pump-threads", "1")
     try:
         doc = json.loads(relay.wait_line('"listening"'))
         assert doc["allow"] == "127.0.0.0/8" and doc["max_connections"] == 3
@@ -154,7 +157,9 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         relay.wait_line('"close"')
         relay.proc.send_signal(signal.SIGINT)
         assert relay.finish() == 0
-        assert json.loads(relay.wait_line('"starting"'))["loop"] == "asyncio"
+        starting = json.loads(relay.wait_line('"starting"'))
+        assert starting["loop"] == "asyncio"
+        assert starting.get("pump_threads") == (1 if native_pump.available() else None)
     finally:
         relay.kill()
 
