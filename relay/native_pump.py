@@ -56,6 +56,7 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
 _lib = _load()
 _pumps: List["NativePump"] = []
 _failed: Optional[str] = None     # why the pump thread could not start (then: Python pump only)
+_short_of: Optional[str] = None   # why a further pump thread could not start (said once)
 log = logging.getLogger("relay")
 
 
@@ -91,7 +92,7 @@ def pump(threads: int = 0) -> Optional["NativePump"]:
     """The pump thread with the fewest pairs, attached to the running loop; a new thread while every
     running one is busy and there are fewer than `threads` (0: threads_default()). None (and one
     warning) if a thread cannot start and none runs: the Python pump carries on."""
-    global _failed
+    global _failed, _short_of
     threads = threads or threads_default()
     if _pumps and _pumps[0].pid != os.getpid():
         _pumps.clear()                        # a forked child: the threads stayed in the parent
@@ -108,6 +109,10 @@ def pump(threads: int = 0) -> Optional["NativePump"]:
                 event(log, logging.WARNING, "native-pump-off", error=_failed,
                       note="every byte goes through the Python pump")
                 return None
+            if _short_of is None:
+                _short_of = e.strerror or str(e)
+                event(log, logging.WARNING, "native-pump-thread-off", error=_short_of, threads=len(_pumps),
+                      note="the running pump threads carry the new sessions")
     chosen.attach(asyncio.get_event_loop())
     return chosen
 

@@ -212,3 +212,43 @@ def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, c
         run(main())
     warnings = records(caplog, "native-pump-off")
     assert len(warnings) == 1 and warnings[0].fields["error"] == "Resource temporarily unavailable"
+
+
+def test_a_further_thread_that_cannot_start_leaves_the_running_ones_in_charge(run, caplog, monkeypatch):
+    """Fault injection: the first pump thread starts, the second cannot. Both sessions move to the
+    running thread, byte-exact, and one warning says so."""
+    monkeypatch.setattr(native_pump, "_pumps", [])
+    monkeypatch.setattr(native_pump, "_short_of", None)
+    real_init = native_pump.NativePump.__init__
+
+    def first_only(self, lib):
+        if native_pump._pumps:
+            raise OSError(11, "Resource temporarily unavailable")
+        real_init(self, lib)
+    monkeypatch.setattr(native_pump.NativePump, "__init__", first_only)
+
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=2)
+            route = relay.routes[0]
+            streams = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection(*address(relay))
+                writer.write(b"hi")
+                assert await reader.readexactly(2) == b"hi"
+                streams.append((next(s for s in route.active if s not in {x for x, _, _ in streams}), reader, writer))
+                await wait_for(lambda: streams[-1][0].native is not None, what="hand-over to the native pump")
+            assert len({splice.native_pump for splice, _, _ in streams}) == 1
+            for _, reader, writer in streams:
+                payload = os.urandom(100_000)
+                writer.write(payload)
+                assert await reader.readexactly(len(payload)) == payload
+                writer.close()
+            await wait_for(lambda: not route.active, what="the connections to finish")
+            await relay.shutdown(0)
+
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+    warnings = records(caplog, "native-pump-thread-off")
+    assert len(warnings) == 1 and warnings[0].fields["threads"] == 1
+    assert not records(caplog, "native-pump-off")
