@@ -109,10 +109,14 @@ def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
                 writer.write(payload)
             for (_, reader, _), payload in zip(streams, payloads):
                 assert await reader.readexactly(len(payload)) == payload
-            for _, _, writer in streams:
+            assert await relay.shutdown(0) == 4       # each thread cuts its own sessions
+            assert not route.active
+            for _, reader, writer in streams:
+                try:
+                    assert await asyncio.wait_for(reader.read(), 5) == b""
+                except ConnectionResetError:
+                    pass
                 writer.close()
-            await wait_for(lambda: not route.active, what="the connections to finish")
-            await relay.shutdown(0)
     run(main())
 
 
