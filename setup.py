@@ -1,6 +1,6 @@
 """Only what setup.cfg cannot say: the native data plane (relay/_pump.c), built on Linux where a C
 compiler is present. It is optional: without a compiler the install still succeeds and the relay
-uses its Python pump (`relay check` and the first log line say which one runs)."""
+uses its Python pump (the first log line and `relay status` say which one runs)."""
 import sys
 
 from setuptools import Extension, setup

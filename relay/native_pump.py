@@ -98,11 +98,11 @@ def pump(threads: int = 0) -> Optional["NativePump"]:
         _pumps.clear()                        # a forked child: the threads stayed in the parent
     if available() is None:
         return None
-    chosen = min(_pumps[:threads], key=lambda p: len(p.pairs), default=None)
-    if chosen is None or (chosen.pairs and len(_pumps) < threads):
+    least_busy = min(_pumps[:threads], key=lambda p: len(p.pairs), default=None)
+    if least_busy is None or (least_busy.pairs and len(_pumps) < threads):
         try:
-            chosen = NativePump(_lib)
-            _pumps.append(chosen)
+            least_busy = NativePump(_lib)
+            _pumps.append(least_busy)
         except OSError as e:
             if not _pumps:
                 _failed = e.strerror or str(e)
@@ -113,8 +113,8 @@ def pump(threads: int = 0) -> Optional["NativePump"]:
                 _short_of = e.strerror or str(e)
                 event(log, logging.WARNING, "native-pump-thread-off", error=_short_of, threads=len(_pumps),
                       note="the running pump threads carry the new sessions")
-    chosen.attach(asyncio.get_event_loop())
-    return chosen
+    least_busy.attach(asyncio.get_event_loop())
+    return least_busy
 
 
 class NativePump:
