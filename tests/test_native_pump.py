@@ -27,6 +27,20 @@ async def _tws_then_echo(reader, writer, client: bytes, server: bytes, answer: a
     await echo(reader, writer)
 
 
+async def _handed_over_sessions(relay, n: int) -> list:
+    """Open `n` sessions through the relay one after another, each settled by a round trip and in
+    the native pump's hands: [(splice, reader, writer)]."""
+    route, sessions = relay.routes[0], []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection(*address(relay))
+        writer.write(b"hi")
+        assert await reader.readexactly(2) == b"hi"
+        splice = next(s for s in route.active if s not in {x for x, _, _ in sessions})
+        sessions.append((splice, reader, writer))
+        await wait_for(lambda s=splice: s.native is not None, what="hand-over to the native pump")
+    return sessions
+
+
 def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(run, caplog):
     client, server, _ = session(176, 7)
     answer = asyncio.Event()
@@ -93,13 +107,7 @@ def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
         async with Backend(echo) as backend:
             relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=threads)
             route = relay.routes[0]
-            streams = []
-            for _ in range(4):
-                reader, writer = await asyncio.open_connection(*address(relay))
-                writer.write(b"hi")
-                assert await reader.readexactly(2) == b"hi"
-                streams.append((next(s for s in route.active if s not in {x for x, _, _ in streams}), reader, writer))
-                await wait_for(lambda: streams[-1][0].native is not None, what="hand-over to the native pump")
+            streams = await _handed_over_sessions(relay, 4)
             pumps = [splice.native_pump for splice, _, _ in streams]
             assert len(set(pumps)) == threads
             assert sorted(pumps.count(p) for p in set(pumps)) == {1: [4], 2: [2, 2], 3: [1, 1, 2]}[threads]
@@ -235,13 +243,7 @@ def test_a_further_thread_that_cannot_start_leaves_the_running_ones_in_charge(ru
         async with Backend(echo) as backend:
             relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=2)
             route = relay.routes[0]
-            streams = []
-            for _ in range(3):
-                reader, writer = await asyncio.open_connection(*address(relay))
-                writer.write(b"hi")
-                assert await reader.readexactly(2) == b"hi"
-                streams.append((next(s for s in route.active if s not in {x for x, _, _ in streams}), reader, writer))
-                await wait_for(lambda: streams[-1][0].native is not None, what="hand-over to the native pump")
+            streams = await _handed_over_sessions(relay, 3)
             assert len({splice.native_pump for splice, _, _ in streams}) == 1
             for _, reader, writer in streams:
                 payload = os.urandom(100_000)
