@@ -361,10 +361,14 @@ static void *run(void *arg) {
         }
         int n = epoll_wait(p->ep, events, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) break;
+        int commands = 0;
         for (int k = 0; k < n; k++) {
-            if (events[k].data.ptr == NULL) run_commands(p);
+            if (events[k].data.ptr == NULL) commands = 1;
             else on_event(p, events[k].data.ptr, events[k].events);
         }
+        /* after the batch's socket events: a pair closed early in the batch may have been reported,
+         * read and released by Python before a later event of the batch names one of its sides */
+        if (commands) run_commands(p);
         if (p->closing_count) expire(p);
     }
     return NULL;
