@@ -79,6 +79,7 @@ struct pump {
     struct pair *live;      /* pairs the thread owns and has not reported */
     int closing_count;
     char *scratch;
+    long pairs;             /* added and not yet freed (released and run), for tests */
 };
 
 static int64_t now_ms(void) {
@@ -332,7 +333,7 @@ static void run_commands(struct pump *p) {
         case CMD_ABORT:
             if (!pr->reported) { ended_by(pr, BY_RELAY, 0); cut(p, pr); }
             break;
-        case CMD_RELEASE: free(pr); break;
+        case CMD_RELEASE: free(pr); __atomic_sub_fetch(&p->pairs, 1, __ATOMIC_RELAXED); break;
         }
     }
     free(cmds);
@@ -425,14 +426,19 @@ struct pair *relay_pump_add(struct pump *p, int client_fd, int upstream_fd, int 
     pr->side[1] = (struct side){ pr, upstream_fd, 1, 0 };
     pr->by = -1;
     pr->drain_ms = drain_ms;
-    if (push_cmd(p, CMD_ADD, pr) < 0) { close(client_fd); close(upstream_fd); free(pr); return NULL; }
+    __atomic_add_fetch(&p->pairs, 1, __ATOMIC_RELAXED);
+    if (push_cmd(p, CMD_ADD, pr) < 0) {
+        __atomic_sub_fetch(&p->pairs, 1, __ATOMIC_RELAXED);
+        close(client_fd); close(upstream_fd); free(pr);
+        return NULL;
+    }
     return pr;
 }
 
 int relay_pump_close(struct pump *p, struct pair *pr, int abort) { return push_cmd(p, abort ? CMD_ABORT : CMD_CLOSE, pr); }
 
-/* After its report has been read: the pair is freed by the pump thread, after any command before it. */
-int relay_pump_release(struct pump *p, struct pair *pr) { return push_cmd(p, CMD_RELEASE, pr); }
+/* Pairs this pump holds in memory: live, or ended and not yet freed. */
+long relay_pump_pairs(struct pump *p) { return __atomic_load_n(&p->pairs, __ATOMIC_RELAXED); }
 
 /* A direction holding this much is not read: the backpressure mark (Python checks it in tests). */
 long relay_pump_high_water(void) { return HIGH_WATER; }
@@ -445,7 +451,12 @@ void relay_pump_counts(struct pair *pr, uint64_t out[4]) {
     out[3] = __atomic_load_n(&pr->held[1], __ATOMIC_RELAXED);
 }
 
-/* Closed pairs since the last call, at most `max`. */
+/* Closed pairs since the last call, at most `max`. Python forgets a pair once it has its report,
+ * so each one handed out is released here: the pump thread frees it after any command queued
+ * before (a close Python sent while the pair was ending). The release does not wake the thread by
+ * itself (a wake-up per closed connection is a system call and a context switch): it runs with
+ * the next command, or once RELEASE_BATCH of them wait. */
+#define RELEASE_BATCH 64
 int relay_pump_reports(struct pump *p, struct report *out, int max) {
     uint64_t n;
     ssize_t r = read(p->report_fd, &n, sizeof n);
@@ -457,7 +468,14 @@ int relay_pump_reports(struct pump *p, struct report *out, int max) {
             (p->reports.len - (size_t)k) * sizeof *out);
     p->reports.len -= (size_t)k;
     int more = p->reports.len > 0;
+    int released = 0;
+    for (int j = 0; j < k; j++) {
+        struct cmd c = { CMD_RELEASE, out[j].pair };
+        if (q_push(&p->cmds, &c) == 0) released++;   /* out of memory: that pair's struct leaks */
+    }
+    int wake_pump = released && p->cmds.len >= RELEASE_BATCH;
     pthread_mutex_unlock(&p->lock);
     if (more) wake(p->report_fd);
+    if (wake_pump) wake(p->cmd_fd);
     return k;
 }

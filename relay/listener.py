@@ -84,7 +84,7 @@ class RouteServer:
         loop = asyncio.get_running_loop()
         port = self.address.port if self.route.listen.port == 0 and self.address.port else self.route.listen.port
         try:
-            server = await loop.create_server(lambda: Splice(self).client, host, port,
+            server = await loop.create_server(lambda: Splice(self, loop).client, host, port,
                                               backlog=sockopts.BACKLOG, start_serving=True)
         except OSError as e:
             raise BindError(f"route {self.route.name}: {self.bind_hint(e, host, port)}", e) from None

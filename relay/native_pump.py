@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import functools
 import glob
 import logging
 import os
@@ -43,10 +44,9 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
         vp, i = ctypes.c_void_p, ctypes.c_int
         for name, res, args in (("relay_pump_start", vp, ()), ("relay_pump_report_fd", i, (vp,)),
                                 ("relay_pump_add", vp, (vp, i, i, i)), ("relay_pump_close", i, (vp, vp, i)),
-                                ("relay_pump_release", i, (vp, vp)),
                                 ("relay_pump_counts", None, (vp, ctypes.POINTER(ctypes.c_uint64 * 4))),
                                 ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
-                                ("relay_pump_high_water", ctypes.c_long, ())):
+                                ("relay_pump_high_water", ctypes.c_long, ()), ("relay_pump_pairs", ctypes.c_long, (vp,))):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, list(args)
         return lib
@@ -75,8 +75,10 @@ def high_water() -> int:
     return _lib.relay_pump_high_water()
 
 
+@functools.lru_cache(maxsize=None)
 def threads_default() -> int:
-    """One pump thread per CPU this process may run on, as HAProxy's nbthread defaults."""
+    """One pump thread per CPU this process may run on, as HAProxy's nbthread defaults (read once,
+    as HAProxy reads it at start: pump() asks for it per connection)."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):    # pragma: no cover
@@ -88,8 +90,8 @@ def threads_running() -> int:
     return sum(p.pid == os.getpid() for p in _pumps)
 
 
-def pump(threads: int = 0) -> Optional["NativePump"]:
-    """The pump thread with the fewest pairs, attached to the running loop; a new thread while every
+def pump(loop: asyncio.AbstractEventLoop, threads: int = 0) -> Optional["NativePump"]:
+    """The pump thread with the fewest pairs, attached to `loop`; a new thread while every
     running one is busy and there are fewer than `threads` (0: threads_default()). None (and one
     warning) if a thread cannot start and none runs: the Python pump carries on."""
     global _failed, _short_of
@@ -113,7 +115,7 @@ def pump(threads: int = 0) -> Optional["NativePump"]:
                 _short_of = e.strerror or str(e)
                 event(log, logging.WARNING, "native-pump-thread-off", error=_short_of, threads=len(_pumps),
                       note="the running pump threads carry the new sessions")
-    least_busy.attach(asyncio.get_event_loop())
+    least_busy.attach(loop)
     return least_busy
 
 
@@ -155,13 +157,17 @@ class NativePump:
         self.lib.relay_pump_counts(pair, ctypes.byref(self.counter))
         return tuple(self.counter)   # type: ignore[return-value]
 
+    def pairs_in_memory(self) -> int:
+        """Pairs the thread holds: live, or ended and not yet freed (an ended pair is freed with the
+        thread's next command, or once 64 such wait: _pump.c's RELEASE_BATCH)."""
+        return self.lib.relay_pump_pairs(self.handle)
+
     def _on_reports(self) -> None:
         while True:
             n = self.lib.relay_pump_reports(self.handle, self.reports, REPORTS_AT_ONCE)
             for r in self.reports[:n]:
                 pair, sent, by, err = r.pair, (r.bytes[0], r.bytes[1]), r.by, r.err
-                splice = self.pairs.pop(pair, None)
-                self.lib.relay_pump_release(self.handle, pair)
+                splice = self.pairs.pop(pair, None)   # the report released the pair: forget it now
                 if splice is not None:
                     splice.native_closed(sent, by, err)
             if n < REPORTS_AT_ONCE:

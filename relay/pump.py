@@ -110,10 +110,11 @@ class Splice:
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
                  "phase", "reason", "hello_seen", "reply_timer", "native", "native_pump", "handed_over",
-                 "__weakref__")
+                 "loop", "__weakref__")
 
-    def __init__(self, route: "RouteServer"):
+    def __init__(self, route: "RouteServer", loop: asyncio.AbstractEventLoop):
         self.route = route
+        self.loop = loop     # asyncio.get_event_loop() costs a getpid() system call each time
         self.client = Leg(self, "client")
         self.upstream = Leg(self, "upstream")
         self.client.peer, self.upstream.peer = self.upstream, self.client
@@ -161,7 +162,7 @@ class Splice:
 
     def _start_connect(self) -> None:
         # A task straight on create_connection plus a timer: cheaper than a coroutine in wait_for.
-        loop = asyncio.get_event_loop()
+        loop = self.loop
         target = self.route.route.target
         task = self.connect_task = loop.create_task(
             loop.create_connection(self._upstream, target.host, target.port))
@@ -246,7 +247,7 @@ class Splice:
 
     def _settled(self) -> None:
         if native_pump.chosen(self.route.settings.pump):
-            asyncio.get_event_loop().call_soon(self._hand_over)
+            self.loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
         if self.handed_over or self.finished or self.closed_by is not None:
@@ -257,9 +258,9 @@ class Splice:
             if t is None or leg.lost or leg.eof_in or leg.write_paused or t.is_closing():
                 return     # half-closed or closing: the Python pump sees it through
         if self.held or any(leg.transport.get_write_buffer_size() for leg in legs):
-            asyncio.get_event_loop().call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
+            self.loop.call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
             return
-        pump = native_pump.pump(self.route.settings.pump_threads)
+        pump = native_pump.pump(self.loop, self.route.settings.pump_threads)
         if pump is None:
             return
         fds: List[int] = []
@@ -299,7 +300,7 @@ class Splice:
         """Once the hello went upstream, TWS has tws.REPLY_TIMEOUT to send its version reply."""
         if self.hello_seen and self.client.out is not None and self.server_version is None \
                 and self.reply_timer is None and not self.finished:
-            self.reply_timer = asyncio.get_event_loop().call_later(tws.REPLY_TIMEOUT, self._no_reply)
+            self.reply_timer = self.loop.call_later(tws.REPLY_TIMEOUT, self._no_reply)
 
     def _no_reply(self) -> None:
         self.reply_timer = None
@@ -373,8 +374,7 @@ class Splice:
             return
         t.close()
         if t.get_write_buffer_size():
-            loop = asyncio.get_event_loop()
-            self.drain_timers.append(loop.call_later(self.route.settings.drain_timeout, t.abort))
+            self.drain_timers.append(self.loop.call_later(self.route.settings.drain_timeout, t.abort))
 
     def _finish(self) -> None:
         if self.finished:

@@ -128,6 +128,35 @@ def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
     run(main())
 
 
+def test_ended_pairs_are_freed_without_a_wake_up_each_and_never_pile_up(run):
+    """The pump thread frees an ended pair with its next command (the next hand-over), or once 64
+    of them wait: it is not woken once per closed connection, and memory does not grow with them."""
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=1, max_connections=200)
+            route = relay.routes[0]
+            streams = await _handed_over_sessions(relay, 100)
+            pump = streams[0][0].native_pump
+            assert pump.pairs_in_memory() == 100
+            for splice, _, writer in streams[:10]:
+                writer.close()
+                await wait_for(lambda s=splice: s not in route.active, what="the relay to finish the connection")
+            # a round trip through the same thread: a release that woke it would have run by now
+            _, reader, writer = streams[-1]
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            assert pump.pairs_in_memory() == 100, "the thread was woken to free each ended pair"
+            for _, _, writer in streams[10:]:
+                writer.close()
+            await wait_for(lambda: not route.active, what="the relay to finish every connection")
+            await wait_for(lambda: pump.pairs_in_memory() < 64, what="the pump thread to free a batch")
+            (_, _, writer), = await _handed_over_sessions(relay, 1)   # its hand-over frees the rest
+            await wait_for(lambda: pump.pairs_in_memory() == 1, what="the pump thread to free every ended pair")
+            writer.close()
+            await relay.shutdown(0)
+    run(main())
+
+
 def test_shutdown_closes_native_connections_and_logs_them(run, caplog):
     async def main():
         async with Backend(echo) as backend:
