@@ -107,22 +107,28 @@ def main():
     for label, *_ in rows:
         print(f"**{label}** (one-way latency, us; proxy CPU s per million messages)\n")
         print("| path | p50 | p99 | p99.9 | max | CPU s/M | p99 over rounds | p50 vs HAProxy, same threads "
-              "| p99 vs HAProxy, same threads |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| p99 vs HAProxy, same threads | rounds at or ahead on p50, p99 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for n in names:
             m = med[(n, label)]
-            ref = med.get(("haproxy-1thread" if n.endswith("-1thread") else "haproxy", label))
-            ratios = ["", ""]
+            ref_name = "haproxy-1thread" if n.endswith("-1thread") else "haproxy"
+            ref = med.get((ref_name, label))
+            ratios, rounds_ahead = ["", ""], ""
             if ref:
                 ratios = [f"{ref[k] / m[k]:.2f}x" for k in ("p50_us", "p99_us")]
+                pairs = list(zip(samples[(n, label)], samples[(ref_name, label)]))   # the same round
+                rounds_ahead = ", ".join(f"{sum(mine[k] <= theirs[k] for mine, theirs in pairs)}/{len(pairs)}"
+                                         for k in ("p50_us", "p99_us"))
             cpu = "" if m["cpu_s_per_m"] != m["cpu_s_per_m"] else f"{m['cpu_s_per_m']:.1f}"
             p99s = [s["p99_us"] for s in samples[(n, label)]]
             print(f"| {n} | {m['p50_us']:.0f} | {m['p99_us']:.0f} | {m['p999_us']:.0f} | {m['max_us']:.0f} | {cpu} | "
-                  f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} |")
+                  f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} | {rounds_ahead} |")
         print()
     print("(ratios: above 1.00x the path is ahead of HAProxy with as many threads: haproxy-1thread for the "
           "-1thread paths, HAProxy's default of one thread per core for the others; "
-          "'p99 over rounds': the lowest and highest p99 of the rounds, this machine's noise)")
+          "'p99 over rounds': the lowest and highest p99 of the rounds, this machine's noise; "
+          "'rounds at or ahead': in how many rounds the path's p50 and p99 were at or below that HAProxy's "
+          "in the same round)")
 
 
 if __name__ == "__main__":
