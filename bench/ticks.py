@@ -3,6 +3,7 @@
 side by side in one run (bench/ticks.c is the stand-in TWS and the bots).
 
     .venv/bin/python bench/ticks.py [--rounds 5] [--secs 5] [--only direct,relay-uvloop,...] [--rows steady,...]
+    .venv/bin/python bench/ticks.py --hogs 2 --rows steady      (the same, on a busy machine)
 
 Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots once a second; one
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at
@@ -11,7 +12,9 @@ thread per core; relay-1thread: pump_threads 1; socat, HAProxy default and nbthr
 relay-2proc: two relay processes with one pump thread each, sharing the bots). Each cell is the
 median of `rounds` interleaved rounds; each round runs every path once per row. Also the proxy's
 CPU seconds per million messages (its processes' user + system time over the run). It waits for a
-quiet machine first and prints the load average.
+quiet machine first and prints the load average. `--hogs N` then keeps N processes spinning on the
+CPU through every row: a busy machine (TWS, charts, a backtest), where a proxy's thread must win
+the CPU back each time a tick arrives.
 Needs gcc, socat and haproxy (apt-get install gcc socat haproxy). Traffic stays on 127.0.0.1.
 """
 import argparse
@@ -70,6 +73,7 @@ def main():
     ap.add_argument("--only", help="comma-separated subset of: " + ",".join(compare.CONTENDERS))
     ap.add_argument("--rows", help="comma-separated subset of: steady,bursts,one (each row's first word)")
     ap.add_argument("--show-rounds", action="store_true", help="also print each round's p50 and p99 (stderr)")
+    ap.add_argument("--hogs", type=int, default=0, help="processes spinning on the CPU through every row")
     args = ap.parse_args()
     rows = [r for r in ROWS if not args.rows or r[0].split()[0] in args.rows.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -79,6 +83,18 @@ def main():
     load = compare.wait_for_quiet()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
     samples = {(n, r[0]): [] for n in names for r in rows}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
+    try:
+        run_rounds(args, names, rows, samples)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    load_after = os.getloadavg()
+    report(args, names, rows, samples, load, load_after)
+
+
+def run_rounds(args, names, rows, samples):
     with tempfile.TemporaryDirectory() as tmp:
         for rnd in range(args.rounds):
             for n in names:
@@ -94,7 +110,9 @@ def main():
                     raise
                 finally:
                     compare.stop(proc)
-    load_after = os.getloadavg()
+
+
+def report(args, names, rows, samples, load, load_after):
     if args.show_rounds:
         for (n, label), v in samples.items():
             print(f"{n}, {label}: p50 by round {[round(x['p50_us']) for x in v]}, "
@@ -102,7 +120,9 @@ def main():
     med = {k: {m: sorted(s[m] for s in v)[len(v) // 2] for m in v[0]} for k, v in samples.items()}
     lost = sum(s["lost"] + s["reordered"] for v in samples.values() for s in v)
     print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, medians of {args.rounds} interleaved "
-          f"rounds of {args.secs} s; load average before {load[0]:.2f}, after {load_after[0]:.2f}; "
+          f"rounds of {args.secs} s; "
+          + (f"{args.hogs} processes spinning on the CPU throughout; " if args.hogs else "")
+          + f"load average before {load[0]:.2f}, after {load_after[0]:.2f}; "
           f"messages lost or out of order on any path: {int(lost)}\n")
     for label, *_ in rows:
         print(f"**{label}** (one-way latency, us; proxy CPU s per million messages)\n")
