@@ -30,6 +30,7 @@
 #define HIGH_WATER (256 * 1024)   /* a side is not read once this much of its bytes waits here, */
 #define LOW_WATER (64 * 1024)     /* until no more than this does */
 #define MAX_EVENTS 256
+#define RELEASE_BATCH 64          /* ended pairs whose release may wait for the thread's next command */
 
 enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_RELEASE };
 /* who ended a pair, as reported: the side (0 client, 1 upstream) that sent FIN or was lost first,
@@ -456,7 +457,6 @@ void relay_pump_counts(struct pair *pr, uint64_t out[4]) {
  * before (a close Python sent while the pair was ending). The release does not wake the thread by
  * itself (a wake-up per closed connection is a system call and a context switch): it runs with
  * the next command, or once RELEASE_BATCH of them wait. */
-#define RELEASE_BATCH 64
 int relay_pump_reports(struct pump *p, struct report *out, int max) {
     uint64_t n;
     ssize_t r = read(p->report_fd, &n, sizeof n);
