@@ -23,34 +23,27 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 STATUS_PORT = cfg.Settings().status_port
 
 
-class PortOrOff(click.ParamType):
-    """A port number, or `off` (also `false`, as relay.yaml says it): None."""
-    name = "PORT|off"
+class NumberOrWord(click.ParamType):
+    """A whole number from `low` to `high`, or one of `words` (each standing for a value)."""
+
+    def __init__(self, name: str, words: dict, low: int, high: int, what: str, word: str):
+        self.name, self.words, self.low, self.high, self.what, self.word = name, words, low, high, what, word
 
     def convert(self, value, param, ctx):
         if value is None or isinstance(value, int):
             return value
         text = str(value).strip().lower()
-        if text in ("off", "false", "no"):
-            return None
-        if text.isdigit() and 0 <= int(text) <= 65535:
+        if text in self.words:
+            return self.words[text]
+        if text.isdigit() and self.low <= int(text) <= self.high:
             return int(text)
-        self.fail(f"{value!r} is not a port (0-65535) or 'off'", param, ctx)
+        self.fail(f"{value!r} is not {self.what} ({self.low}-{self.high}) or {self.word!r}", param, ctx)
 
 
-class PumpThreads(click.ParamType):
-    """A number of native pump threads, or `auto` (one per CPU): 0."""
-    name = "N|auto"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return 0
-        if text.isdigit() and 1 <= int(text) <= cfg.MAX_PUMP_THREADS:
-            return int(text)
-        self.fail(f"{value!r} is not a number of threads (1-{cfg.MAX_PUMP_THREADS}) or 'auto'", param, ctx)
+# a port, or `off` (also `false`, as relay.yaml says it): None
+PORT_OR_OFF = NumberOrWord("PORT|off", {"off": None, "false": None, "no": None}, 0, 65535, "a port", "off")
+# a number of native pump threads, or `auto` (one per CPU): 0
+PUMP_THREADS = NumberOrWord("N|auto", {"auto": 0}, 1, cfg.MAX_PUMP_THREADS, "a number of threads", "auto")
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
@@ -234,10 +227,10 @@ def main(ctx: click.Context) -> None:
 @click.option("--name", default=None,
               help="One-route form: route name for logs and `relay wsl` (default: tws-paper for a target on "
                    "port 7497, tws-live 7496, gateway-live 4001, gateway-paper 4002, else to-PORT).")
-@click.option("--discovery-port", type=PortOrOff(), default=str(discovery.DEFAULT_PORT), show_default=True,
+@click.option("--discovery-port", type=PORT_OR_OFF, default=str(discovery.DEFAULT_PORT), show_default=True,
               help="One-route form: port of the discovery answer `relay wsl discover` reads, on the listen "
                    "address; 'off' turns it off. If another relay holds it, that relay answers for this one.")
-@click.option("--status-port", type=PortOrOff(), default=str(STATUS_PORT), show_default=True,
+@click.option("--status-port", type=PORT_OR_OFF, default=str(STATUS_PORT), show_default=True,
               help="One-route form: port of the local status answer (`relay status`), on 127.0.0.1; 'off' "
                    "turns it off. If it is busy the relay takes a free port and `relay status` still finds it.")
 @click.option("--expose-to-all-networks", is_flag=True, default=None,
@@ -247,7 +240,7 @@ def main(ctx: click.Context) -> None:
 @click.option("--pump", type=click.Choice(cfg.PUMPS), default=None,
               help="Who moves a session's bytes once its opening is settled (default from config, else auto: "
                    "the native pump where it was built, Linux; 'python': always the event loop).")
-@click.option("--pump-threads", type=PumpThreads(), default=None,
+@click.option("--pump-threads", type=PUMP_THREADS, default=None,
               help="Native pump threads; sessions go to the least busy (default from config, else auto: one per "
                    "CPU the relay may use).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
@@ -443,7 +436,7 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
               help="The Windows relay's discovery port.")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds per connection attempt while looking for Windows.")
-@click.option("--status-port", type=PortOrOff(), default=str(STATUS_PORT), show_default=True,
+@click.option("--status-port", type=PORT_OR_OFF, default=str(STATUS_PORT), show_default=True,
               help="Port of the forwarder's local status answer (`relay status`); 'off' turns it off.")
 @click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default="auto", show_default=True)
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default="text", show_default=True)
