@@ -245,8 +245,14 @@ ROWS = [("ping-pong p50 (us)", "p50_us", "lower"), ("ping-pong p99 (us)", "p99_u
         ("KiB per idle conn", "kib_per_idle_conn", "lower")]
 
 
-# each relay against the HAProxy with as many threads: one per core, or one
-SAME_THREADS = (("relay-uvloop", "haproxy"), ("relay-1thread", "haproxy-1thread"))
+def same_threads(name):
+    """The HAProxy with as many threads as path `name`: nbthread 1 for the -1thread paths, else its
+    default of one per core."""
+    return "haproxy-1thread" if name.endswith("-1thread") else "haproxy"
+
+
+# the relays in the table's ratio columns, each against the HAProxy with as many threads
+SAME_THREADS = tuple((mine, same_threads(mine)) for mine in ("relay-uvloop", "relay-1thread"))
 
 
 def ratio(results, key, better, mine, other):

@@ -131,7 +131,7 @@ def report(args, names, rows, samples, load, load_after):
         print("|---|---|---|---|---|---|---|---|---|---|")
         for n in names:
             m = med[(n, label)]
-            ref_name = "haproxy-1thread" if n.endswith("-1thread") else "haproxy"
+            ref_name = compare.same_threads(n)
             ref = med.get((ref_name, label))
             ratios, rounds_ahead = ["", ""], ""
             if ref:
