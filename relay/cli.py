@@ -147,7 +147,7 @@ def _threads_running(status: dict) -> str:
 def pump_threads(settings: cfg.Settings) -> Optional[int]:
     """How many native pump threads the relay may start; None when the native pump is not used."""
     from . import native_pump
-    return (settings.pump_threads or native_pump.threads_default()) if native_pump.chosen(settings.pump) else None
+    return native_pump.threads_allowed(settings.pump_threads) if native_pump.chosen(settings.pump) else None
 
 
 def pump_in_use(settings: cfg.Settings) -> str:

@@ -85,6 +85,11 @@ def threads_default() -> int:
         return os.cpu_count() or 1
 
 
+def threads_allowed(setting: int) -> int:
+    """The `pump_threads` setting as a number of threads: 0 (auto) is threads_default()."""
+    return setting or threads_default()
+
+
 def threads_running() -> int:
     """Native pump threads started in this process so far."""
     return sum(p.pid == os.getpid() for p in _pumps)
@@ -95,7 +100,7 @@ def pump(loop: asyncio.AbstractEventLoop, threads: int = 0) -> Optional["NativeP
     running one is busy and there are fewer than `threads` (0: threads_default()). None (and one
     warning) if a thread cannot start and none runs: the Python pump carries on."""
     global _failed, _short_of
-    threads = threads or threads_default()
+    threads = threads_allowed(threads)
     if _pumps and _pumps[0].pid != os.getpid():
         _pumps.clear()                        # a forked child: the threads stayed in the parent
     if available() is None:
