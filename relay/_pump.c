@@ -60,6 +60,7 @@ struct pair {
     uint64_t bytes[2];      /* read from each side; Python reads them while the pair lives */
     uint64_t held[2];       /* of those, not yet written to the other side (dir[i].plen, for Python) */
     int closing;            /* no more reading; flush what is pending, then close */
+    int ending;             /* a side sent FIN or was lost, or closing: the session is over (Python reads it) */
     int reported;
     int by, err;            /* who ended it first, and the error (0: FIN or the relay) */
     int drain_ms;
@@ -87,6 +88,10 @@ static int64_t now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void note_ending(struct pair *pr) {
+    __atomic_store_n(&pr->ending, 1, __ATOMIC_RELAXED);
 }
 
 static void note_held(struct pair *pr, int i) {
@@ -168,6 +173,7 @@ static void ended_by(struct pair *pr, int by, int err) {
 
 /* Stop reading; close each side at once unless bytes are still owed to it. */
 static void start_closing(struct pump *p, struct pair *pr) {
+    note_ending(pr);
     if (!pr->closing) {
         pr->closing = 1;
         p->closing_count++;
@@ -181,6 +187,7 @@ static void start_closing(struct pump *p, struct pair *pr) {
 }
 
 static void lose(struct pump *p, struct pair *pr, int i, int err) {
+    note_ending(pr);
     ended_by(pr, i, err ? err : ECONNRESET);
     free(pr->dir[1 - i].pend);   /* owed to the side that is gone */
     pr->dir[1 - i].pend = NULL;
@@ -251,6 +258,7 @@ static void read_side(struct pump *p, struct pair *pr, int i) {
         return;
     }
     if (n == 0) {
+        note_ending(pr);     /* before the FIN goes on: whoever sees it there finds the session over */
         d->eof = 1;
         ended_by(pr, i, 0);
         forward_fin(p, pr, i);
@@ -440,6 +448,9 @@ int relay_pump_close(struct pump *p, struct pair *pr, int abort) { return push_c
 
 /* Pairs this pump holds in memory: live, or ended and not yet freed. */
 long relay_pump_pairs(struct pump *p) { return __atomic_load_n(&p->pairs, __ATOMIC_RELAXED); }
+
+/* 1 once the session is over: a side sent FIN or was lost, or the pair is closing. */
+int relay_pump_ending(struct pair *pr) { return __atomic_load_n(&pr->ending, __ATOMIC_RELAXED); }
 
 /* A direction holding this much is not read: the backpressure mark (Python checks it in tests). */
 long relay_pump_high_water(void) { return HIGH_WATER; }

@@ -32,9 +32,10 @@ class ClientIds:
         self.held: Dict[tuple, Splice] = {}
 
     def claim(self, target: str, client_id: int, splice: Splice) -> Optional[Splice]:
-        """Record the claim; return the live connection already holding this clientId, if any."""
+        """Record the claim; return the connection already holding this clientId, if its session
+        is not over (see Splice.ending)."""
         holder = self.held.get((target, client_id))
-        if holder is not None and not holder.finished and holder is not splice:
+        if holder is not None and holder is not splice and not holder.ending():
             return holder
         self.held[(target, client_id)] = splice
         return None

@@ -46,7 +46,8 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
                                 ("relay_pump_add", vp, (vp, i, i, i)), ("relay_pump_close", i, (vp, vp, i)),
                                 ("relay_pump_counts", None, (vp, ctypes.POINTER(ctypes.c_uint64 * 4))),
                                 ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
-                                ("relay_pump_high_water", ctypes.c_long, ()), ("relay_pump_pairs", ctypes.c_long, (vp,))):
+                                ("relay_pump_high_water", ctypes.c_long, ()), ("relay_pump_pairs", ctypes.c_long, (vp,)),
+                                ("relay_pump_ending", i, (vp,))):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, list(args)
         return lib
@@ -161,6 +162,10 @@ class NativePump:
         """Bytes read from the client and from upstream; of each, how many the pump holds unsent."""
         self.lib.relay_pump_counts(pair, ctypes.byref(self.counter))
         return tuple(self.counter)   # type: ignore[return-value]
+
+    def ending(self, pair: int) -> bool:
+        """The session is over: a side sent FIN or was lost, or the pump is closing the pair."""
+        return bool(self.lib.relay_pump_ending(pair))
 
     def pairs_in_memory(self) -> int:
         """Pairs the thread holds: live, or ended and not yet freed (an ended pair is freed with the

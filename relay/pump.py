@@ -288,6 +288,14 @@ class Splice:
             self.closed_by = f"{side} ({_why(OSError(err, os.strerror(err)))})" if err else side
         self._finish()
 
+    def ending(self) -> bool:
+        """The session is over for TWS, even if bytes still drain: a side sent FIN or was lost, or
+        the relay is closing it. A bot that closed and reconnects with the same clientId before
+        TWS closed its side of the old session is no clash."""
+        if self.closed_by is not None or self.finished:
+            return True
+        return self.native is not None and self.native_pump.ending(self.native)
+
     def counts(self) -> tuple:
         """Bytes received from the client and from upstream so far."""
         up, down = self.client.nbytes, self.upstream.nbytes

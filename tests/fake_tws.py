@@ -68,6 +68,8 @@ class FakeTws:
         self.resets = 0
         self.hellos = 0          # connections that sent the API hello (bots and handshake probes)
         self.accepted = 0        # every TCP connection (bots, connect checks, handshake checks)
+        self.eofs = 0            # sessions past the hello whose client side sent FIN
+        self.linger = None       # an asyncio.Event: after a client's FIN, keep its session open until it is set
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -85,6 +87,7 @@ class FakeTws:
             self.resets += 1
             writer.transport.abort()          # what users see as "connection reset by peer"
             return
+        in_session = False
         try:
             if self.mode == "silent":
                 if await reader.read(4) == b"API\0":
@@ -100,13 +103,20 @@ class FakeTws:
             client_max = int(hello.split(" ")[0].split("..")[1])
             version = min(self.version, client_max)                  # never above the client's max
             writer.write(msg(version, time.strftime("%Y%m%d %H:%M:%S") + " Greenwich Mean Time"))
+            in_session = True
             while True:
                 n = struct.unpack(">I", await reader.readexactly(4))[0]
                 mid, body = read_request(await reader.readexactly(n), version)
                 if not self._answer(version, mid, body, writer):
                     return
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except asyncio.IncompleteReadError:
+            if not in_session:
+                return
+            self.eofs += 1
+            if self.linger is not None:
+                await self.linger.wait()     # a TWS slow to notice the bot left
+        except ConnectionError:
             pass
         finally:
             writer.close()

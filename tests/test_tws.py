@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fake_tws import FakeTws
-from helpers import records, start_relay, wait_for
+from helpers import native_pump_missing, records, start_relay, wait_for
 from relay import tws
 from relay.config import Endpoint
 from tws_sessions import session, start_api
@@ -176,6 +176,46 @@ def test_relay_answers_a_duplicate_with_error_326_when_asked(run, caplog):
         assert (await read_message(r1))[0] in ("9", "4", "49")
         w1.close()
         w2.close()
+        await relay.shutdown(0)
+        fake.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+@pytest.mark.parametrize("pump", ["python", "native"])
+def test_a_bot_that_left_is_no_clash_while_tws_still_holds_its_side(run, caplog, pump):
+    """A bot that disconnects and reconnects at once with the same clientId (ib_async reconnecting, a
+    restarted script) must not meet a clash of its own making: once the bot's FIN is on its way to
+    TWS the old session is over, even while TWS has not closed its side yet (the relay keeps that
+    side open for whatever TWS still sends). With reject_duplicate_client_id a false clash would
+    refuse the reconnect with error 326. (A bot that is reset needs no rule: the relay closes both
+    legs at once.)"""
+    if pump == "native" and native_pump_missing():
+        pytest.skip(native_pump_missing())
+
+    async def main():
+        fake = FakeTws(version=176)
+        fake.linger = asyncio.Event()       # TWS keeps the old session's side open until told
+        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True,
+                                  pump="python" if pump == "python" else "auto")
+        route, rport = relay.routes[0], relay.routes[0].address.port
+        r1, w1 = await connect_bot(rport, 7)
+        assert (await read_message(r1))[0] == "15"
+        first = next(iter(route.active))
+        await wait_for(lambda: first.handed_over == (pump == "native"), what="the pump that carries the session")
+        w1.close()
+        await wait_for(lambda: fake.eofs == 1, what="the old session's end, relayed to TWS")
+        assert not first.finished, "TWS still holds its side: the relay's session is not over yet"
+        r2, w2 = await connect_bot(rport, 7)
+        assert (await read_message(r2))[0] == "15", "the reconnect is served, not refused"
+        assert not records(caplog, "client-id-clash")
+        fake.linger.set()
+        await wait_for(lambda: first.finished, what="the old session's close")
+        r3, w3 = await connect_bot(rport, 7)              # the live one still holds clientId 7
+        await wait_for(lambda: records(caplog, "client-id-clash"), what="a real clash")
+        assert records(caplog, "client-id-clash")[0].fields["held_by"] != first.peer
+        for w in (w2, w3):
+            w.close()
         await relay.shutdown(0)
         fake.close()
     with caplog.at_level(logging.INFO, logger="relay"):
