@@ -48,9 +48,12 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
                                 ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
                                 ("relay_pump_high_water", ctypes.c_long, ()), ("relay_pump_pairs", ctypes.c_long, (vp,)),
                                 ("relay_pump_ending", i, (vp,))):
-            fn = getattr(lib, name)
+            fn = getattr(lib, name, None)
+            if fn is None:
+                break     # a library built from older source: not this relay's pump
             fn.restype, fn.argtypes = res, list(args)
-        return lib
+        else:
+            return lib
     return None
 
 

@@ -4,7 +4,9 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -287,3 +289,18 @@ def test_a_further_thread_that_cannot_start_leaves_the_running_ones_in_charge(ru
     warnings = records(caplog, "native-pump-thread-off")
     assert len(warnings) == 1 and warnings[0].fields["threads"] == 1
     assert not records(caplog, "native-pump-off")
+
+
+def test_a_library_built_from_older_source_is_not_loaded(tmp_path):
+    """A stale _pump*.so (from a checkout of before a new call) must leave the Python pump in charge,
+    not fail the import; the library of this source loads."""
+    older = tmp_path / "older"
+    older.mkdir()
+    src = older / "old.c"
+    src.write_text("void *relay_pump_start(void) { return 0; }\nint relay_pump_report_fd(void *p) { return -1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(older / "_pump.so"), str(src)], check=True)
+    assert native_pump._load(str(older)) is None
+    current = tmp_path / "current"
+    current.mkdir()
+    shutil.copy(native_pump.available(), current / "_pump.so")
+    assert native_pump._load(str(current)) is not None
