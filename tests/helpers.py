@@ -70,7 +70,10 @@ async def echo(reader, writer) -> None:
 
 
 def settings(**kw) -> Settings:
-    base = dict(connect_timeout=2.0, shutdown_grace=1.0, drain_timeout=2.0, discovery_port=None, status_port=None,
+    # connect_timeout: a loopback connect is not what these tests time. Under ThreadSanitizer in CI a
+    # Python-pump conformance check once saw its upstream connect outlast 2 s (upstream-failed "timed
+    # out", then no backpressure to wait for); tests of the timeout itself set their own.
+    base = dict(connect_timeout=10.0, shutdown_grace=1.0, drain_timeout=2.0, discovery_port=None, status_port=None,
                 target_check="off")
     base.update(kw)
     return Settings(**base)
