@@ -27,11 +27,11 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import compare  # noqa: E402  (loadgen, process helpers)
-import ticks  # noqa: E402  (the tick generator)
+import compare  # noqa: E402  (loadgen and its backends, process helpers)
+import ticks  # noqa: E402  (the tick generator; its stand-in TWS listens on compare.ECHO)
 
 ROOT = compare.ROOT
-TICKS_TWS, CHURN_TWS, BULK_SINK = 21021, 21022, 21023     # backends
+TICKS_TWS, CHURN_TWS, BULK_SINK = compare.ECHO, 21022, compare.SINK     # backends
 TICKS_PORT, CHURN_PORT, BULK_PORT = 21031, 21032, 21033   # the relay's routes
 
 
@@ -82,31 +82,20 @@ def logged(path):
 
 
 def run_cycle(secs):
-    """One cycle's three workloads at once; returns what each reported."""
-    env = dict(os.environ, LOADGEN_TWS="1")
+    """One cycle's three workloads at once; returns what each reported (each raises if its
+    generator failed: ticks.c and loadgen exit non-zero on a lost byte or connection)."""
     out = {}
 
     def ticks_run():
-        r = subprocess.run([ticks.TICKS, str(TICKS_PORT), str(TICKS_TWS), "32", "2000", "0", str(secs)],
-                           capture_output=True, text=True, timeout=secs + 60)
-        if r.returncode:
-            raise RuntimeError(f"ticks: {r.stderr.strip()}")
-        out["ticks"] = {k: float(v) for k, v in (kv.split("=") for kv in r.stdout.split())}
+        out["ticks"] = ticks.run_row(TICKS_PORT, 32, 2000, 0, secs, None)
 
     def churn_run():
-        r = subprocess.run([compare.LOADGEN, "connrate", str(CHURN_PORT), str(secs)], env=env,
-                           capture_output=True, text=True, timeout=secs + 60)
-        if r.returncode:
-            raise RuntimeError(f"connrate: {r.stderr.strip()}")
-        out["conns"] = float(r.stdout.split("=")[1]) * secs
+        out["conns"] = compare.loadgen("connrate", CHURN_PORT, secs, timeout=secs + 60)["conns_per_s"] * secs
 
     def bulk_run():
         end, n = time.monotonic() + secs, 0
         while time.monotonic() < end:
-            r = subprocess.run([compare.LOADGEN, "bulk", str(BULK_PORT), "64"], env=env,
-                               capture_output=True, text=True, timeout=120)
-            if r.returncode:            # loadgen bulk fails unless the sink counted every byte
-                raise RuntimeError(f"bulk: {r.stderr.strip()}")
+            compare.loadgen("bulk", BULK_PORT, 64)    # fails unless the sink counted every byte
             n += 64
         out["bulk_mib"] = n
 
@@ -137,8 +126,8 @@ def main():
     args = ap.parse_args()
     compare.build_loadgen()
     ticks.build()
-    env = dict(os.environ, LOADGEN_TWS="1")
-    backends = [subprocess.Popen([compare.LOADGEN, kind, str(port)], env=env, stdout=subprocess.DEVNULL)
+    os.environ["LOADGEN_TWS"] = "1"     # every loadgen connection opens a TWS session, as compare's TWS rows do
+    backends = [subprocess.Popen([compare.LOADGEN, kind, str(port)], stdout=subprocess.DEVNULL)
                 for kind, port in (("echo", CHURN_TWS), ("sink", BULK_SINK))]
     with tempfile.TemporaryDirectory() as tmp:
         relay, log = start_relay(tmp, args.loop, args.pump)
