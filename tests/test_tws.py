@@ -190,8 +190,9 @@ def test_a_bot_that_left_is_no_clash_while_tws_still_holds_its_side(run, caplog,
     side open for whatever TWS still sends). With reject_duplicate_client_id a false clash would
     refuse the reconnect with error 326. (A bot that is reset needs no rule: the relay closes both
     legs at once.)"""
-    if pump == "native" and native_pump_missing():
-        pytest.skip(native_pump_missing())
+    missing = native_pump_missing() if pump == "native" else None   # on CI's Linux a missing pump fails instead
+    if missing:
+        pytest.skip(missing)
 
     async def main():
         fake = FakeTws(version=176)
