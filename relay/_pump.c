@@ -187,7 +187,6 @@ static void start_closing(struct pump *p, struct pair *pr) {
 }
 
 static void lose(struct pump *p, struct pair *pr, int i, int err) {
-    note_ending(pr);
     ended_by(pr, i, err ? err : ECONNRESET);
     free(pr->dir[1 - i].pend);   /* owed to the side that is gone */
     pr->dir[1 - i].pend = NULL;
