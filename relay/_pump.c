@@ -11,7 +11,10 @@
  *     then is closed, within drain_ms.
  * Python drives it through a command queue and learns of closed pairs from a report queue; an
  * eventfd wakes each side. A process may start several pumps (one per CPU); each is independent
- * and owns the pairs given to it. Loaded with ctypes: no Python headers needed to build it.
+ * and owns the pairs given to it. With busy polling set (`busy_poll`, off by default), a thread
+ * with pairs polls without sleeping for that many microseconds before it sleeps: a thread that
+ * sleeps is placed on a CPU again when woken, and on a small machine often beside the thread
+ * that sends to it (README: Benchmark). Loaded with ctypes: no Python headers needed to build it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -81,14 +84,17 @@ struct pump {
     struct pair *live;      /* pairs the thread owns and has not reported */
     int closing_count;
     char *scratch;
+    int busy_poll_us;       /* Python may change it at any time */
     long pairs;             /* added and not yet freed (released and run), for tests */
 };
 
-static int64_t now_ms(void) {
+static int64_t now_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
+
+static int64_t now_ms(void) { return now_us() / 1000; }
 
 static void note_ending(struct pair *pr) {
     __atomic_store_n(&pr->ending, 1, __ATOMIC_RELAXED);
@@ -368,7 +374,12 @@ static void *run(void *arg) {
             int64_t wait = soonest - now_ms();
             timeout = wait < 0 ? 0 : wait > 1000 ? 1000 : (int)wait;
         }
-        int n = epoll_wait(p->ep, events, MAX_EVENTS, timeout);
+        int n = 0, busy_us = __atomic_load_n(&p->busy_poll_us, __ATOMIC_RELAXED);
+        if (busy_us && p->live) {
+            int64_t until = now_us() + busy_us;
+            while ((n = epoll_wait(p->ep, events, MAX_EVENTS, 0)) == 0 && now_us() < until) {}
+        }
+        if (n == 0) n = epoll_wait(p->ep, events, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) break;
         int commands = 0;
         for (int k = 0; k < n; k++) {
@@ -413,6 +424,7 @@ struct pump *relay_pump_start(void) {
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     int rc = pthread_create(&p->thread, NULL, run, p);
+    if (rc == 0) pthread_setname_np(p->thread, "relay-pump");   /* as top -H and /proc name it */
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc == 0) return p;
 fail:
@@ -444,6 +456,9 @@ struct pair *relay_pump_add(struct pump *p, int client_fd, int upstream_fd, int 
 }
 
 int relay_pump_close(struct pump *p, struct pair *pr, int abort) { return push_cmd(p, abort ? CMD_ABORT : CMD_CLOSE, pr); }
+
+/* Microseconds the thread polls without sleeping before it sleeps, while it has pairs (0: off). */
+void relay_pump_busy_poll(struct pump *p, int us) { __atomic_store_n(&p->busy_poll_us, us, __ATOMIC_RELAXED); }
 
 /* Pairs this pump holds in memory: live, or ended and not yet freed. */
 long relay_pump_pairs(struct pump *p) { return __atomic_load_n(&p->pairs, __ATOMIC_RELAXED); }

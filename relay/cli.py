@@ -173,9 +173,12 @@ def run(settings: cfg.Settings, loop_choice: str, source_note: str, make) -> int
     except loops.LoopError as e:
         fail(str(e))
     threads = pump_threads(settings)
+    native = {"pump_threads": threads, **({"busy_poll_us": settings.busy_poll} if settings.busy_poll else {})}
     event(log, logging.INFO, "starting", version=__version__, config=source_note, loop=name, loop_choice=why,
-          pump=pump_in_use(settings), **({"pump_threads": threads} if threads else {}),
-          log_file=log_file or "none (stderr)")
+          pump=pump_in_use(settings), **(native if threads else {}), log_file=log_file or "none (stderr)")
+    if settings.busy_poll and not threads:
+        event(log, logging.WARNING, "busy-poll-unused", busy_poll_us=settings.busy_poll,
+              note="only native pump threads poll busily; the Python pump sleeps until bytes come")
     loop = loops.factory(name)()
     asyncio.set_event_loop(loop)
     try:
@@ -243,13 +246,16 @@ def main(ctx: click.Context) -> None:
 @click.option("--pump-threads", type=PUMP_THREADS, default=None,
               help="Native pump threads; sessions go to the least busy (default from config, else auto: one per "
                    "CPU the relay may use).")
+@click.option("--busy-poll", metavar="MICROSECONDS", type=click.IntRange(0, cfg.MAX_BUSY_POLL), default=None,
+              help="Native pump threads with sessions poll this long without sleeping before they sleep: lower "
+                   "latency under bursts on a small machine, at the cost of CPU (default from config, else 0: off).")
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
 @click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
 @click.option("--log-file", metavar="PATH", default=None,
               help="Also log to this rotating file ('off': never). Default: log.file, else a file only when there "
                    "is no console (%LOCALAPPDATA%\\relay\\logs\\relay.log, ~/.local/state/relay/relay.log).")
 def serve(config_path, listen, target, allow, max_connections, name, discovery_port, status_port,
-          expose_to_all_networks, loop_choice, pump, pump_threads, log_format, log_level, log_file) -> None:
+          expose_to_all_networks, loop_choice, pump, pump_threads, busy_poll, log_format, log_level, log_file) -> None:
     """Serve routes: from relay.yaml, or one route given by --listen and --target.
 
     \b
@@ -278,7 +284,7 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
                  "in relay.yaml use 'allow:', 'name:', 'discovery_port:' and 'status_port:'")
         config, source_note = _load(config_path)
     config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks, pump=pump, pump_threads=pump_threads,
-                              log_format=log_format, log_level=log_level, log_file=log_file)
+                              busy_poll=busy_poll, log_format=log_format, log_level=log_level, log_file=log_file)
 
     async def make():
         return Relay(config)

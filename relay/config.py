@@ -84,6 +84,8 @@ class Settings:
     pump: str = "auto"                # auto | python
     # Native pump threads: sessions go to the least busy; 0 ("auto"): one per CPU the relay may use.
     pump_threads: int = 0
+    # Microseconds a native pump thread with sessions polls without sleeping before it sleeps; 0: off.
+    busy_poll: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,14 @@ LOG_FORMATS = ("text", "json")
 LOOPS = ("auto", "asyncio", "uvloop", "winloop")
 PUMPS = ("auto", "python")
 MAX_PUMP_THREADS = 64
+MAX_BUSY_POLL = 1000
 TARGET_CHECKS = ("connect", "handshake", "off")
 WSL_ADAPTER = "wsl"
 
 _TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
              "drain_timeout", "expose_to_all_networks", "discovery_port", "tws_aware",
              "reject_duplicate_client_id", "target_check", "check_interval", "check_interval_down",
-             "status_port", "log", "loop", "pump", "pump_threads")
+             "status_port", "log", "loop", "pump", "pump_threads", "busy_poll")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
 _LOG_KEYS = ("level", "format", "file")
@@ -300,6 +303,8 @@ def parse_settings(doc: dict) -> Settings:
             raise ConfigError(f"expected a whole number (1-{MAX_PUMP_THREADS}) or 'auto', got {v!r}", "pump_threads")
         kw["pump_threads"] = 0 if v == "auto" else int(_number(v, "pump_threads", low=1, high=MAX_PUMP_THREADS,
                                                                    integer=True))
+    if "busy_poll" in doc:
+        kw["busy_poll"] = int(_number(doc["busy_poll"], "busy_poll", low=0, high=MAX_BUSY_POLL, integer=True))
     return Settings(**kw)
 
 

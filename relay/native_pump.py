@@ -47,7 +47,7 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
                                 ("relay_pump_counts", None, (vp, ctypes.POINTER(ctypes.c_uint64 * 4))),
                                 ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
                                 ("relay_pump_high_water", ctypes.c_long, ()), ("relay_pump_pairs", ctypes.c_long, (vp,)),
-                                ("relay_pump_ending", i, (vp,))):
+                                ("relay_pump_ending", i, (vp,)), ("relay_pump_busy_poll", None, (vp, i))):
             fn = getattr(lib, name, None)
             if fn is None:
                 break     # a library built from older source: not this relay's pump
@@ -99,10 +99,11 @@ def threads_running() -> int:
     return sum(p.pid == os.getpid() for p in _pumps)
 
 
-def pump(loop: asyncio.AbstractEventLoop, threads: int = 0) -> Optional["NativePump"]:
-    """The pump thread with the fewest pairs, attached to `loop`; a new thread while every
-    running one is busy and there are fewer than `threads` (0: threads_default()). None (and one
-    warning) if a thread cannot start and none runs: the Python pump carries on."""
+def pump(loop: asyncio.AbstractEventLoop, threads: int = 0, busy_poll: int = 0) -> Optional["NativePump"]:
+    """The pump thread with the fewest pairs, attached to `loop` and polling busily for
+    `busy_poll` microseconds before it sleeps; a new thread while every running one is busy and
+    there are fewer than `threads` (0: threads_default()). None (and one warning) if a thread
+    cannot start and none runs: the Python pump carries on."""
     global _failed, _short_of
     threads = threads_allowed(threads)
     if _pumps and _pumps[0].pid != os.getpid():
@@ -125,6 +126,7 @@ def pump(loop: asyncio.AbstractEventLoop, threads: int = 0) -> Optional["NativeP
                 event(log, logging.WARNING, "native-pump-thread-off", error=_short_of, threads=len(_pumps),
                       note="the running pump threads carry the new sessions")
     least_busy.attach(loop)
+    least_busy.set_busy_poll(busy_poll)
     return least_busy
 
 
@@ -142,6 +144,7 @@ class NativePump:
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.reports = (_Report * REPORTS_AT_ONCE)()
         self.counter = (ctypes.c_uint64 * 4)()
+        self.busy_poll = 0
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.loop is loop:
@@ -150,6 +153,11 @@ class NativePump:
             self.loop.remove_reader(self.fd)
         loop.add_reader(self.fd, self._on_reports)
         self.loop = loop
+
+    def set_busy_poll(self, us: int) -> None:
+        if us != self.busy_poll:
+            self.lib.relay_pump_busy_poll(self.handle, us)
+            self.busy_poll = us
 
     def add(self, splice: "Splice", client_fd: int, upstream_fd: int, drain_timeout: float) -> Optional[int]:
         """Hand over two (duplicated) descriptors; the pump owns them from here, on failure too."""

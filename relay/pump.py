@@ -260,7 +260,8 @@ class Splice:
         if self.held or any(leg.transport.get_write_buffer_size() for leg in legs):
             self.loop.call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
             return
-        pump = native_pump.pump(self.loop, self.route.settings.pump_threads)
+        settings = self.route.settings
+        pump = native_pump.pump(self.loop, settings.pump_threads, settings.busy_poll)
         if pump is None:
             return
         fds: List[int] = []

@@ -64,7 +64,7 @@ def test_help_lists_commands_and_one_route_form():
     top = run_relay("--help")
     assert top.returncode == 0 and "serve" in top.stdout and "check" in top.stdout
     serve = run_relay("serve", "--help")
-    for flag in ("--listen", "--target", "--allow", "--max-connections", "--loop", "--pump", "--pump-threads",
+    for flag in ("--listen", "--target", "--allow", "--max-connections", "--loop", "--pump", "--pump-threads", "--busy-poll",
                  "--log-format", "--expose-to-all-networks", "--config"):
         assert flag in serve.stdout
 
@@ -104,6 +104,8 @@ def test_bad_one_route_arguments_exit_2():
     assert r.returncode == 2 and "--allow" in r.stderr
     r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--pump-threads", "0")
     assert r.returncode == 2 and "'0' is not a number of threads (1-64) or 'auto'" in r.stderr, r.stderr
+    r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--busy-poll", "1001")
+    assert r.returncode == 2 and "--busy-poll" in r.stderr and "0<=x<=1000" in r.stderr, r.stderr
 
 
 def test_port_in_use_exits_2_with_hint():
@@ -146,7 +148,7 @@ def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigter
 def test_one_route_form_with_json_logs_and_sigint(echo_server):
     relay = RelayProcess("serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
                          "--allow", "127.0.0.0/8", "--max-connections", "3", "--log-format", "json", "--loop", "asyncio",
-                         "--pump-threads", "1")
+                         "--pump-threads", "1", "--busy-poll", "50")
     try:
         doc = json.loads(relay.wait_line('"listening"'))
         assert doc["allow"] == "127.0.0.0/8" and doc["max_connections"] == 3
@@ -160,6 +162,23 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         starting = json.loads(relay.wait_line('"starting"'))
         assert starting["loop"] == "asyncio"
         assert starting.get("pump_threads") == (1 if native_pump.available() else None)
+        assert starting.get("busy_poll_us") == (50 if native_pump.available() else None)
+        assert any('"busy-poll-unused"' in x for x in relay.lines) == (native_pump.available() is None)
+    finally:
+        relay.kill()
+
+
+@linux_only
+def test_busy_poll_with_the_python_pump_says_it_is_unused(echo_server):
+    relay = RelayProcess("serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
+                         "--pump", "python", "--busy-poll", "100")
+    try:
+        line = relay.wait_line("busy-poll-unused")
+        assert "WARNING" in line and "busy_poll_us=100" in line
+        assert "busy_poll_us" not in relay.lines[0] and "pump_threads" not in relay.lines[0]
+        relay.wait_line("ready")
+        relay.proc.send_signal(signal.SIGINT)
+        assert relay.finish() == 0
     finally:
         relay.kill()
 

@@ -66,6 +66,10 @@ def test_minimal_config_gets_defaults():
     (MINIMAL + "pump_threads: 0\n", "pump_threads", "out of range (1-64)"),
     (MINIMAL + "pump_threads: many\n", "pump_threads", "or 'auto'"),
     (MINIMAL + "pump_threads: 1.5\n", "pump_threads", "whole number"),
+    (MINIMAL + "busy_poll: 1001\n", "busy_poll", "out of range (0-1000)"),
+    (MINIMAL + "busy_poll: -1\n", "busy_poll", "out of range (0-1000)"),
+    (MINIMAL + "busy_poll: 0.5\n", "busy_poll", "whole number"),
+    (MINIMAL + "busy_poll: true\n", "busy_poll", "whole number"),
     (MINIMAL + "discovery_port: 17497\n", "routes[0].listen", "is the discovery port"),
     (MINIMAL + "discovery_port: yes please\n", "discovery_port", "whole number"),
     (MINIMAL + "connect_timeout: 3\nconnect_timeout: 4\n", "line 6", "duplicate key 'connect_timeout'"),
@@ -89,6 +93,11 @@ def test_target_check_off_survives_yaml_booleans():
 def test_pump_threads_auto_or_a_number():
     assert cfg.parse(MINIMAL).settings.pump_threads == 0 == cfg.parse(MINIMAL + "pump_threads: auto\n").settings.pump_threads
     assert cfg.parse(MINIMAL + "pump_threads: 3\n").settings.pump_threads == 3
+
+
+def test_busy_poll_is_off_unless_asked_for():
+    assert cfg.parse(MINIMAL).settings.busy_poll == 0
+    assert cfg.parse(MINIMAL + "busy_poll: 200\n").settings.busy_poll == 200
 
 
 def test_listen_forms_for_adapters():

@@ -1,9 +1,11 @@
 """The native pump (Linux): which connections it takes, and what the relay still knows and does
 about them once it has them. The byte-level checks are the conformance suite's (test_splice.py)."""
 import asyncio
+import glob
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -127,6 +129,46 @@ def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
                 except ConnectionResetError:
                     pass
                 writer.close()
+    run(main())
+
+
+def _pump_thread_sleeps() -> int:
+    """How often this process's native pump threads have gone to sleep (voluntary context switches)."""
+    total = 0
+    for task in glob.glob("/proc/self/task/*"):
+        try:
+            with open(f"{task}/comm") as comm, open(f"{task}/status") as status:
+                if comm.read().strip() == "relay-pump":
+                    total += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status.read(), re.M).group(1))
+        except FileNotFoundError:
+            pass
+    return total
+
+
+@pytest.mark.parametrize("busy_poll", [0, 1000])
+def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, busy_poll):
+    """Without busy polling the pump thread sleeps each time it has forwarded what came (at least
+    once per round trip here); with it, it polls on and sleeps only after busy_poll microseconds
+    without a byte, so ping-pong through it leaves it awake."""
+    round_trips = 300
+
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=1, busy_poll=busy_poll)
+            [(splice, reader, writer)] = await _handed_over_sessions(relay, 1)
+            assert splice.native_pump.busy_poll == busy_poll
+            before = _pump_thread_sleeps()
+            for i in range(round_trips):
+                msg = i.to_bytes(4, "big")
+                writer.write(msg)
+                assert await reader.readexactly(4) == msg
+            sleeps = _pump_thread_sleeps() - before
+            if busy_poll:
+                assert sleeps < round_trips // 10, sleeps
+            else:
+                assert sleeps >= round_trips, sleeps
+            writer.close()
+            await relay.shutdown(0)
     run(main())
 
 

@@ -1,5 +1,6 @@
 """The splice's conformance checks, run against every variant on both event loops: TWS-aware
-(the default) and plain, each on the native pump where it is built, and the Python pump."""
+(the default) and plain, each on the native pump where it is built, the native pump polling busily,
+and the Python pump."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -18,6 +19,7 @@ def _variant(native: bool, **kw):
 VARIANTS = {
     "tws-aware": _variant(True),                     # the default
     "plain": _variant(True, tws_aware=False),
+    "busy-poll": _variant(True, busy_poll=200),
     "python-pump": _variant(False),
 }
 
