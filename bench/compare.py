@@ -98,9 +98,10 @@ def start_direct(tmp):
     return None, ECHO, SINK
 
 
-def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect", ports=(P_ECHO, P_SINK), threads="auto"):
+def start_relay(tmp, loop, tws_aware=True, prefix=(), target_check="connect", ports=(P_ECHO, P_SINK), threads="auto",
+                busy_poll=0):
     pe, ps = ports
-    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}-{pe}-{threads}.yaml")
+    conf = os.path.join(tmp, f"relay-{loop}-{tws_aware}-{pe}-{threads}-{busy_poll}.yaml")
     with open(conf, "w") as f:
         f.write(f"""tws_aware: {str(tws_aware).lower()}
 target_check: {target_check}
@@ -111,6 +112,7 @@ routes:
 log: {{level: {os.environ.get("RELAY_BENCH_LOG", "warning")}}}
 loop: {loop}
 pump_threads: {threads}
+busy_poll: {busy_poll}
 """)
     p = subprocess.Popen([*prefix, sys.executable, "-m", "relay", "serve", "--config", conf], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=open(conf + ".log", "w"))
@@ -155,12 +157,13 @@ def start_socat(tmp):
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), P_ECHO, P_SINK
 
 
-def start_haproxy(tmp, threads=None):
-    conf = os.path.join(tmp, f"haproxy-{threads}.cfg")
+def start_haproxy(tmp, threads=None, busy=False):
+    conf = os.path.join(tmp, f"haproxy-{threads}-{busy}.cfg")
     with open(conf, "w") as f:
         f.write(f"""global
     maxconn 5000
     {f"nbthread {threads}" if threads else ""}
+    {"busy-polling" if busy else ""}
 defaults
     mode tcp
     timeout connect 5s
@@ -246,9 +249,10 @@ ROWS = [("ping-pong p50 (us)", "p50_us", "lower"), ("ping-pong p99 (us)", "p99_u
 
 
 def same_threads(name):
-    """The HAProxy with as many threads as path `name`: nbthread 1 for the -1thread paths, else its
-    default of one per core."""
-    return "haproxy-1thread" if name.endswith("-1thread") else "haproxy"
+    """The HAProxy with as many threads as path `name`, and polling busily if it does (ticks.py's
+    -busy paths): nbthread 1 for the -1thread paths, else its default of one per core."""
+    haproxy = "haproxy-1thread" if "-1thread" in name else "haproxy"
+    return haproxy + "-busy" if name.endswith("-busy") else haproxy
 
 
 # the relays in the table's ratio columns, each against the HAProxy with as many threads

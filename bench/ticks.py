@@ -9,10 +9,12 @@ Rows: steady 32 bots x 2,000 msgs/s; bursts of 5,000 msgs to each of 32 bots onc
 bot x 10,000 msgs/s. Paths: the compare bench's contenders (direct, relay on uvloop and asyncio at
 log level warning with every other default: TWS awareness and target checks on, a native pump
 thread per core; relay-1thread: pump_threads 1; socat, HAProxy default and nbthread 1, and
-relay-2proc: two relay processes with one pump thread each, sharing the bots). Each cell is the
-median of `rounds` interleaved rounds; each round runs every path once per row. Also the proxy's
-CPU seconds per million messages (its processes' user + system time over the run). It waits for a
-quiet machine first and prints the load average. `--hogs N` then keeps N processes spinning on the
+relay-2proc: two relay processes with one pump thread each, sharing the bots), and a pair that
+polls busily instead of sleeping, one thread each: relay-1thread-busy (busy_poll: 200) and
+haproxy-1thread-busy (busy-polling). Each cell is the median of `rounds` interleaved rounds;
+each round runs every path once per row. Also the proxy's CPU seconds per million messages (its
+processes' user + system time over the run). It waits for a quiet machine first and prints the
+load average. `--hogs N` then keeps N processes spinning on the
 CPU through every row: a busy machine (TWS, charts, a backtest), where a proxy's thread must win
 the CPU back each time a tick arrives.
 Needs gcc, socat and haproxy (apt-get install gcc socat haproxy). Traffic stays on 127.0.0.1.
@@ -30,6 +32,11 @@ import compare  # noqa: E402  (the contenders, ports, process-tree helpers)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICKS = os.path.join(HERE, ".build", "ticks")
+# compare's contenders, and a pair that polls busily instead of sleeping while sessions are live:
+# the relay's `busy_poll: 200` and HAProxy's `busy-polling`, each with one thread
+CONTENDERS = {**compare.CONTENDERS,
+              "relay-1thread-busy": lambda tmp: compare.start_relay(tmp, "uvloop", threads=1, busy_poll=200),
+              "haproxy-1thread-busy": lambda tmp: compare.start_haproxy(tmp, 1, busy=True)}
 ROWS = [("steady 32 bots x 2,000 msgs/s", 32, 2000, 0), ("bursts 32 bots x 5,000 msgs each second", 32, 0, 5000),
         ("one bot x 10,000 msgs/s", 1, 10000, 0)]
 TICK = os.sysconf("SC_CLK_TCK")
@@ -70,7 +77,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=int, default=5)
-    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(compare.CONTENDERS))
+    ap.add_argument("--only", help="comma-separated subset of: " + ",".join(CONTENDERS))
     ap.add_argument("--rows", help="comma-separated subset of: steady,bursts,one (each row's first word)")
     ap.add_argument("--show-rounds", action="store_true", help="also print each round's p50 and p99 (stderr)")
     ap.add_argument("--hogs", type=int, default=0, help="processes spinning on the CPU through every row")
@@ -79,7 +86,7 @@ def main():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build()
-    names = args.only.split(",") if args.only else list(compare.CONTENDERS)
+    names = args.only.split(",") if args.only else list(CONTENDERS)
     load = compare.wait_for_quiet()
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", file=sys.stderr)
     samples = {(n, r[0]): [] for n in names for r in rows}
@@ -99,7 +106,7 @@ def run_rounds(args, names, rows, samples):
         for rnd in range(args.rounds):
             for n in names:
                 # the stand-in TWS listens on the compare bench's echo port; the proxy forwards to it
-                start = compare.CONTENDERS[n]
+                start = CONTENDERS[n]
                 proc, port, _ = start(tmp) if n != "direct" else (None, compare.ECHO, None)
                 try:          # no port wait: a relay listens only once the stand-in TWS is up; the bots retry
                     for label, bots, rate, burst in rows:
@@ -145,7 +152,8 @@ def report(args, names, rows, samples, load, load_after):
                   f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} | {rounds_ahead} |")
         print()
     print("(ratios: above 1.00x the path is ahead of HAProxy with as many threads: haproxy-1thread for the "
-          "-1thread paths, HAProxy's default of one thread per core for the others; "
+          "-1thread paths, HAProxy's default of one thread per core for the others, and busy-polling for the -busy "
+          "path; "
           "'p99 over rounds': the lowest and highest p99 of the rounds, this machine's noise; "
           "'rounds at or ahead': in how many rounds the path's p50 and p99 were at or below that HAProxy's "
           "in the same round)")
