@@ -140,8 +140,10 @@ class CannotStart(Exception):
 
 
 def _threads_running(status: dict) -> str:
-    n = status.get("pump_threads")
-    return f" ({n} thread{'' if n == 1 else 's'} running)" if status.get("pump") == "native" and n is not None else ""
+    n, busy = status.get("pump_threads"), status.get("busy_poll_us")
+    if status.get("pump") != "native" or n is None:
+        return ""
+    return f" ({n} thread{'' if n == 1 else 's'} running{f', polling busily {busy} us' if busy else ''})"
 
 
 def pump_threads(settings: cfg.Settings) -> Optional[int]:

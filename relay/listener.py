@@ -591,7 +591,7 @@ class Relay:
                "version": discovery.__version__, "pid": os.getpid(), "up_seconds": round(time.time() - self.started),
                "config": self.source, "log_file": logs.current_file,
                "pump": "native" if native_pump.chosen(self.config.settings.pump) else "python",
-               "pump_threads": native_pump.threads_running(),
+               "pump_threads": native_pump.threads_running(), "busy_poll_us": self.config.settings.busy_poll,
                "routes": [{"name": r.route.name, "state": r.state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,

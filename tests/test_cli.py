@@ -10,7 +10,7 @@ import pytest
 
 from conftest import linux_only, windows_only
 from helpers import Proc, tcp_states
-from relay import native_pump
+from relay import cli, native_pump
 
 RELAY = [sys.executable, "-m", "relay"]
 
@@ -166,6 +166,15 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         assert any('"busy-poll-unused"' in x for x in relay.lines) == (native_pump.available() is None)
     finally:
         relay.kill()
+
+
+def test_status_text_names_the_pump_threads_and_busy_polling():
+    native = {"pump": "native", "pump_threads": 2, "busy_poll_us": 0}
+    assert cli._threads_running(native) == " (2 threads running)"
+    assert cli._threads_running({**native, "pump_threads": 1, "busy_poll_us": 200}) == \
+        " (1 thread running, polling busily 200 us)"
+    assert cli._threads_running({"pump": "python", "pump_threads": 0, "busy_poll_us": 200}) == ""
+    assert cli._threads_running({"pump": "native"}) == ""      # an older relay's answer
 
 
 @linux_only

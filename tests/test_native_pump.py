@@ -159,6 +159,7 @@ def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, busy_poll):
             relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=1, busy_poll=busy_poll)
             [(splice, reader, writer)] = await _handed_over_sessions(relay, 1)
             assert splice.native_pump.busy_poll == busy_poll
+            assert json.loads(await relay.status_answer())["busy_poll_us"] == busy_poll
             before = _pump_thread_sleeps()
             for i in range(round_trips):
                 msg = i.to_bytes(4, "big")
