@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -377,7 +378,8 @@ static void *run(void *arg) {
         int n = 0, busy_us = __atomic_load_n(&p->busy_poll_us, __ATOMIC_RELAXED);
         if (busy_us && p->live) {
             int64_t until = now_us() + busy_us;
-            while ((n = epoll_wait(p->ep, events, MAX_EVENTS, 0)) == 0 && now_us() < until) {}
+            while ((n = epoll_wait(p->ep, events, MAX_EVENTS, 0)) == 0 && now_us() < until)
+                sched_yield();   /* a thread woken onto this CPU (the peer we just wrote to) runs now */
         }
         if (n == 0) n = epoll_wait(p->ep, events, MAX_EVENTS, timeout);
         if (n < 0 && errno != EINTR) break;
