@@ -165,8 +165,6 @@ def _ping_pong(sock: socket.socket, round_trips: int, quiet: float = 0) -> None:
         assert got == msg
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: a polling pump thread would hold the "
-                    "CPU the echo needs to answer it")
 @pytest.mark.parametrize("busy_poll", [0, 1000])
 def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, busy_poll):
     """Round trips through the relay, each after 0.2 ms without traffic: without busy polling the
