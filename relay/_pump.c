@@ -12,9 +12,9 @@
  * Python drives it through a command queue and learns of closed pairs from a report queue; an
  * eventfd wakes each side. A process may start several pumps (one per CPU); each is independent
  * and owns the pairs given to it. With busy polling set (`busy_poll`, off by default), a thread
- * with pairs polls without sleeping for that many microseconds before it sleeps: a thread that
- * sleeps is placed on a CPU again when woken, and on a small machine often beside the thread
- * that sends to it (README: Benchmark). Loaded with ctypes: no Python headers needed to build it.
+ * with pairs polls without sleeping, yielding the CPU between polls, for that many microseconds
+ * before it sleeps: a thread that sleeps is placed on a CPU again when woken, and on a small
+ * machine often beside the thread that sends to it (README: Benchmark). Loaded with ctypes: no Python headers needed to build it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
