@@ -14,9 +14,9 @@ polls busily instead of sleeping, one thread each: relay-1thread-busy (busy_poll
 haproxy-1thread-busy (busy-polling). Each cell is the median of `rounds` interleaved rounds;
 each round runs every path once per row. Also the proxy's CPU seconds per million messages (its
 processes' user + system time over the run). It waits for a quiet machine first and prints the
-load average. `--hogs N` then keeps N processes spinning on the
-CPU through every row: a busy machine (TWS, charts, a backtest), where a proxy's thread must win
-the CPU back each time a tick arrives.
+load average. `--hogs N` then keeps N processes spinning on the CPU through every row: a busy
+machine (TWS, charts, a backtest), where a proxy's thread must win the CPU back each time a tick
+arrives.
 Needs gcc, socat and haproxy (apt-get install gcc socat haproxy). Traffic stays on 127.0.0.1.
 """
 import argparse

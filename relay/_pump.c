@@ -14,7 +14,8 @@
  * and owns the pairs given to it. With busy polling set (`busy_poll`, off by default), a thread
  * with pairs polls without sleeping, yielding the CPU between polls, for that many microseconds
  * before it sleeps: a thread that sleeps is placed on a CPU again when woken, and on a small
- * machine often beside the thread that sends to it (README: Benchmark). Loaded with ctypes: no Python headers needed to build it.
+ * machine often beside the thread that sends to it (README: Benchmark). Loaded with ctypes: no
+ * Python headers needed to build it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
