@@ -1,8 +1,10 @@
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -94,6 +96,40 @@ def run(loop_kind):
             loop.close()
 
     return _run
+
+
+@pytest.fixture
+def echo_server():
+    """A plain echo server on 127.0.0.1 (a thread per connection, blocking sockets, no event loop): its port."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=_echo, args=(c,), daemon=True).start()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    thread.join()
+    srv.close()
+
+
+def _echo(c):
+    with c:
+        while True:
+            try:
+                data = c.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            c.sendall(data)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -25,39 +24,6 @@ def run_relay(*args, cwd=None, timeout=20):
 
 def listen_port(line):
     return int(line.split(" listen=")[1].split()[0].rsplit(":", 1)[1])
-
-
-@pytest.fixture
-def echo_server():
-    srv = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def serve():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=_echo, args=(c,), daemon=True).start()
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield srv.getsockname()[1]
-    stop.set()
-    thread.join()
-    srv.close()
-
-
-def _echo(c):
-    with c:
-        while True:
-            try:
-                data = c.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            c.sendall(data)
 
 
 def test_help_lists_commands_and_one_route_form():

@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -166,26 +165,16 @@ def _ping_pong(sock: socket.socket, round_trips: int, quiet: float = 0) -> None:
 
 
 @pytest.mark.parametrize("busy_poll", [0, 1000])
-def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, busy_poll):
+def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, echo_server, busy_poll):
     """Round trips through the relay, each after 0.2 ms without traffic: without busy polling the
     pump thread sleeps in such pauses; with busy_poll: 1000 it polls on through pauses shorter than
-    1 ms and does not sleep. Both ends are plain threads on
-    blocking sockets, so a pause and a round trip stay well under 1 ms even where the interpreter is
-    slow (under the sanitizers)."""
+    1 ms and does not sleep. Both ends are plain threads on blocking sockets, so a pause and a round
+    trip stay well under 1 ms even where the interpreter is slow (under the sanitizers)."""
     round_trips = 300
-    echo_server = socket.create_server(("127.0.0.1", 0))
-
-    def serve_one() -> None:
-        conn, _ = echo_server.accept()
-        with conn:
-            while data := conn.recv(65536):
-                conn.sendall(data)
-    echoing = threading.Thread(target=serve_one, daemon=True)
-    echoing.start()
 
     async def main():
-        relay = await start_relay(Endpoint("127.0.0.1", echo_server.getsockname()[1]), tws_aware=False,
-                                  pump_threads=1, busy_poll=busy_poll)
+        relay = await start_relay(Endpoint("127.0.0.1", echo_server), tws_aware=False, pump_threads=1,
+                                  busy_poll=busy_poll)
         loop = asyncio.get_running_loop()
         client = socket.create_connection(address(relay))
         try:
@@ -204,11 +193,7 @@ def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, busy_poll):
         finally:
             client.close()
             await relay.shutdown(0)
-    try:
-        run(main())
-    finally:
-        echo_server.close()
-        echoing.join(5)
+    run(main())
 
 
 def test_ended_pairs_are_freed_without_a_wake_up_each_and_never_pile_up(run):
