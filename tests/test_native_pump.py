@@ -172,8 +172,9 @@ def _quiet_round_trips(sock: socket.socket, round_trips: int, quiet: float, slee
     out on the clock: time.sleep overshoots by hundreds of microseconds on a VM): for each, the
     longest the pump thread can have waited for it, and how often the thread slept meanwhile. It
     waits twice, for the client's message and then for the answer: the first wait began after the
-    previous send, the second after this one."""
-    cycles, sent = [], time.perf_counter()
+    previous send, the second after this one. The first round trip's first wait began before this
+    call: not bounded (infinite)."""
+    cycles, sent = [], float("-inf")
     for i in range(round_trips):
         before = sleeps()
         resume = time.perf_counter() + quiet
