@@ -76,7 +76,7 @@ def verdict(mine, theirs) -> str:
     losses = sum(a > b for a, b in zip(mine, theirs))
     p = sign_test(wins, losses)
     word = "undecided" if p >= 0.05 else "ahead" if wins > losses else "behind"
-    return f"{word} (p={p:.2f})"
+    return f"{word} (p<0.01)" if p < 0.005 else f"{word} (p={p:.2f})"
 
 
 def run_row(path_port, bots, rate, burst, secs, proc):
