@@ -20,7 +20,6 @@ arrives.
 Needs gcc, socat and haproxy (apt-get install gcc socat haproxy). Traffic stays on 127.0.0.1.
 """
 import argparse
-import math
 import os
 import resource
 import subprocess
@@ -30,6 +29,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import compare  # noqa: E402  (the contenders, ports, process-tree helpers)
+from stats import median_interval, verdict  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TICKS = os.path.join(HERE, ".build", "ticks")
@@ -59,24 +59,6 @@ def cpu_seconds(pids):
         except (FileNotFoundError, ProcessLookupError):
             pass
     return total / TICK
-
-
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided sign test over paired rounds (ties left out): the chance of a split at least this
-    uneven if both paths were equally likely to win a round. Under 0.05 needs at least 6 rounds."""
-    n, k = wins + losses, min(wins, losses)
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
-
-
-def verdict(mine, theirs) -> str:
-    """'ahead', 'behind' or 'undecided' over rounds (lower is better), by the sign test at 5%."""
-    wins = sum(a < b for a, b in zip(mine, theirs))
-    losses = sum(a > b for a, b in zip(mine, theirs))
-    p = sign_test(wins, losses)
-    word = "undecided" if p >= 0.05 else "ahead" if wins > losses else "behind"
-    return f"{word} (p<0.01)" if p < 0.005 else f"{word} (p={p:.2f})"
 
 
 def run_row(path_port, bots, rate, burst, secs, proc):
@@ -153,13 +135,14 @@ def report(args, names, rows, samples, load, load_after):
     for label, *_ in rows:
         print(f"**{label}** (one-way latency, us; proxy CPU s per million messages)\n")
         print("| path | p50 | p99 | p99.9 | max | CPU s/M | p99 over rounds | p50 vs HAProxy, same threads "
-              "| p99 vs HAProxy, same threads | rounds at or ahead on p50, p99 | verdict on p50, p99 |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "| p99 vs HAProxy, same threads | rounds at or ahead on p50, p99 | verdict on p50, p99 "
+              "| 95% interval of the ratio, p50; p99 |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in names:
             m = med[(n, label)]
             ref_name = compare.same_threads(n)
             ref = med.get((ref_name, label))
-            ratios, rounds_ahead, verdicts = ["", ""], "", ""
+            ratios, rounds_ahead, verdicts, intervals = ["", ""], "", "", ""
             if ref:
                 ratios = [f"{ref[k] / m[k]:.2f}x" for k in ("p50_us", "p99_us")]
                 pairs = list(zip(samples[(n, label)], samples[(ref_name, label)]))   # the same round
@@ -168,10 +151,13 @@ def report(args, names, rows, samples, load, load_after):
                 if ref_name != n:
                     verdicts = ", ".join(verdict([mine[k] for mine, _ in pairs], [theirs[k] for _, theirs in pairs])
                                          for k in ("p50_us", "p99_us"))
+                    spans = [median_interval([theirs[k] / mine[k] for mine, theirs in pairs]) for k in ("p50_us", "p99_us")]
+                    intervals = "; ".join(f"{lo:.2f}-{hi:.2f}x" for lo, hi in spans) if all(spans) else ""
             cpu = "" if m["cpu_s_per_m"] != m["cpu_s_per_m"] else f"{m['cpu_s_per_m']:.1f}"
             p99s = [s["p99_us"] for s in samples[(n, label)]]
             print(f"| {n} | {m['p50_us']:.0f} | {m['p99_us']:.0f} | {m['p999_us']:.0f} | {m['max_us']:.0f} | {cpu} | "
-                  f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} | {rounds_ahead} | {verdicts} |")
+                  f"{min(p99s):.0f}-{max(p99s):.0f} | {ratios[0]} | {ratios[1]} | {rounds_ahead} | {verdicts} "
+                  f"| {intervals} |")
         print()
     print("(ratios: above 1.00x the path is ahead of HAProxy with as many threads: haproxy-1thread for the "
           "-1thread paths, HAProxy's default of one thread per core for the others, and busy-polling for the -busy "
@@ -179,7 +165,9 @@ def report(args, names, rows, samples, load, load_after):
           "'p99 over rounds': the lowest and highest p99 of the rounds, this machine's noise; "
           "'rounds at or ahead': in how many rounds the path's p50 and p99 were at or below that HAProxy's "
           "in the same round; 'verdict': the sign test over those rounds (ties left out) at 5%: 'undecided' "
-          "unless one path won clearly more rounds; with 5 rounds even 5 of 5 is undecided (p=0.06))")
+          "unless one path won clearly more rounds; with 5 rounds even 5 of 5 is undecided (p=0.06); "
+          "'95% interval of the ratio': where the median of the round-by-round ratios lies, 95% sure (at least 6 "
+          "rounds): the widest gap either way the run cannot rule out)")
 
 
 if __name__ == "__main__":
