@@ -28,5 +28,6 @@ def median_interval(values, level=0.95):
     way: the verdict is 'undecided' when 1.00x lies inside. None below 6 values (even the lowest
     and highest of 5 cover it with only 94% chance)."""
     n, s = len(values), sorted(values)
-    ks = [k for k in range(1, n // 2 + 1) if 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n <= 1 - level]
+    # the k-th lowest misses the median as often as k - 1 wins of n would come by chance
+    ks = [k for k in range(1, n // 2 + 1) if sign_test(k - 1, n - k + 1) <= 1 - level]
     return (s[ks[-1] - 1], s[n - ks[-1]]) if ks else None
