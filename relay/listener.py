@@ -264,6 +264,11 @@ class RouteServer:
                       if rejecting else "passed on; TWS will refuse or time out the newcomer")
                 if rejecting:
                     splice.reject_client_id()
+        elif isinstance(ev, tws.Unsettled):
+            splice.phase = "unsettled"
+            event(log, logging.WARNING, "api-unsettled", route=self.route.name, peer=splice.peer,
+                  client_id=splice.client_id, saw=",".join(ev.saw) or "nothing", missing=",".join(ev.missing),
+                  after=ev.bound, note="the opening did not settle; the session is relayed untouched")
         elif isinstance(ev, tws.NotTws):
             event(log, logging.DEBUG, "not-tws", route=self.route.name, peer=splice.peer, side=ev.side,
                   reason=ev.reason)

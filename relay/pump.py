@@ -109,7 +109,7 @@ class Splice:
 
     __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
-                 "phase", "reason", "hello_seen", "reply_timer", "native", "native_pump", "handed_over",
+                 "phase", "reason", "hello_seen", "reply_timer", "watch_timer", "native", "native_pump", "handed_over",
                  "loop", "__weakref__")
 
     def __init__(self, route: "RouteServer", loop: asyncio.AbstractEventLoop):
@@ -135,6 +135,7 @@ class Splice:
         self.reason: Optional[str] = None         # why it was refused, in TWS's words or ours
         self.hello_seen = False
         self.reply_timer: Optional[asyncio.TimerHandle] = None
+        self.watch_timer: Optional[asyncio.TimerHandle] = None   # ends the watch of the opening
         self.handshake: Optional[tws.Handshake] = None
         self.native: Optional[int] = None         # the native pump's pair while it carries the bytes
         self.native_pump: Optional["native_pump.NativePump"] = None
@@ -196,8 +197,12 @@ class Splice:
             self.upstream.transport.close()
             return
         up = self.upstream.transport
+        if self.upstream.lost or up.is_closing():
+            return                    # reset right after its connect: leg_lost has ended the session
         self.client.out = up
         self.phase = "hello" if self.handshake is not None else "relaying"
+        if self.handshake is not None:
+            self.watch_timer = self.loop.call_later(tws.WATCH_TIMEOUT, self._watch_expired)
         self._expect_reply()
         paused_by_hold = self.held_bytes >= HOLD_LIMIT
         if self.held:
@@ -219,7 +224,12 @@ class Splice:
     def _watch_server(self, data: bytes) -> None:
         self._tws_events(self.handshake.from_server, data)
 
-    def _tws_events(self, feed: Callable[[bytes], list], data: bytes) -> None:
+    def _watch_expired(self) -> None:
+        self.watch_timer = None
+        if self.handshake is not None and not self.finished:
+            self._tws_events(self.handshake.expire, f"{tws.WATCH_TIMEOUT:g} s")
+
+    def _tws_events(self, feed: Callable[..., list], data: object) -> None:
         handshake = self.handshake
         try:
             for ev in feed(data):
@@ -236,10 +246,12 @@ class Splice:
             self.client.watch = self.upstream.watch = None
             self.handshake = None
             self._cancel_reply_timer()
+            if self.watch_timer is not None:
+                self.watch_timer.cancel()
+                self.watch_timer = None
             if self.phase == "hello":
                 self.phase = "relaying"
-            if self.phase != "refused":
-                self._settled()
+            self._settled()   # accepted, refused or unread: from here the bytes only need moving
         elif handshake.start is not None:
             self.client.watch = None   # TWS's answer settles it; the client's bytes need no more reading
 
@@ -390,6 +402,8 @@ class Splice:
             return
         self.finished = True
         self._cancel_reply_timer()
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
         for timer in self.drain_timers:
             timer.cancel()
         self.held.clear()

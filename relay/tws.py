@@ -100,7 +100,8 @@ ERROR = 4
 NEXT_VALID_ID = 9
 MANAGED_ACCOUNTS = 15
 CLIENT_ID_IN_USE = 326
-LIMIT = 64 * 1024         # bytes buffered per direction before giving up on a connection
+LIMIT = 64 * 1024         # bytes the watch reads from each side of a session, at most
+WATCH_TIMEOUT = 10.0      # seconds the watch may last before the session is relayed unread
 REPLY_TIMEOUT = 3.0       # seconds TWS gets to answer a hello before it counts as wedged
 
 
@@ -148,16 +149,83 @@ class NotTws:
     reason: str
 
 
+@dataclass(frozen=True)
+class Unsettled:
+    """The watch reached its bound (LIMIT bytes from a side, or the caller's time limit) before TWS
+    settled the session: which steps of the opening arrived and which were missing."""
+    saw: Tuple[str, ...]
+    missing: Tuple[str, ...]
+    bound: str                # what ended the watch, in words
+
+
+OPENING = ("hello", "version", "startApi", "managedAccounts", "nextValidId")
+
+
+class _Side:
+    """One direction's bytes as the watch takes them: at most LIMIT in all, each frame cut out of
+    one buffer at an offset (never a copy of everything still buffered), so reading is linear."""
+
+    __slots__ = ("buf", "pos", "taken")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.pos = 0              # the next unread byte in buf
+        self.taken = 0            # bytes taken since the session began
+
+    def take(self, data: bytes) -> None:
+        room = LIMIT - self.taken
+        if room > 0:
+            chunk = data[:room]
+            self.buf += chunk
+            self.taken += len(chunk)
+
+    @property
+    def full(self) -> bool:
+        return self.taken >= LIMIT
+
+    def __len__(self) -> int:
+        return len(self.buf) - self.pos
+
+    def head(self, n: int) -> bytes:
+        return bytes(self.buf[self.pos:self.pos + n])
+
+    def frame(self, after: int = 0) -> Optional[bytes]:
+        """The payload of the frame that starts `after` bytes on, consuming both; None while incomplete."""
+        buf, start = self.buf, self.pos + after
+        if len(buf) - start < 4:
+            return None
+        (n,) = struct.unpack_from(">I", buf, start)
+        if n > MAX_MESSAGE:
+            raise ProtocolError(f"frame length {n} exceeds the API's maximum {MAX_MESSAGE}")
+        end = start + 4 + n
+        if len(buf) < end:
+            return None
+        self.pos = end
+        return bytes(buf[start + 4:end])
+
+    def compact(self) -> None:
+        if self.pos:
+            del self.buf[:self.pos]
+            self.pos = 0
+
+    def clear(self) -> None:
+        self.taken -= len(self)      # taken but never read
+        self.buf.clear()
+        self.pos = 0
+
+
 class Handshake:
     """Sans-IO reader of a TWS API session's opening: the client hello, the server's version reply,
     startApi, and TWS's first answer that settles it (accepted: nextValidId + managedAccounts;
     refused: an error message). Feed each direction's bytes as they pass (nothing is held back: it
-    only reads); it returns events, and is `done` once the session is settled or it gave up
-    (NotTws). After startApi the client's bytes are no longer read. It never raises on bad input."""
+    only reads); it returns events, and is `done` once the session is settled or the watch ended
+    (NotTws: bytes that are not the protocol; Unsettled: a bound reached first). It takes at most
+    LIMIT bytes from each side and reads each byte once; after startApi the client's bytes are no
+    longer read; `expire()` ends the watch from outside (a time limit). It never raises on bad input."""
 
     def __init__(self) -> None:
-        self.client = bytearray()
-        self.server = bytearray()
+        self._client = _Side()
+        self._server = _Side()
         self.hello: Optional[ClientHello] = None
         self.version: Optional[int] = None
         self.start: Optional[StartApi] = None
@@ -165,23 +233,56 @@ class Handshake:
         self.next_id = False
         self.done = False
 
+    @property
+    def client(self) -> bytes:
+        """The client's bytes taken and not read yet."""
+        return bytes(self._client.buf[self._client.pos:])
+
+    @property
+    def server(self) -> bytes:
+        return bytes(self._server.buf[self._server.pos:])
+
+    @property
+    def read(self) -> Tuple[int, int]:
+        """Bytes taken from the client and from the server; once done, those read up to the end
+        of the watch (what came after in the same read is not counted: it does not depend on
+        how the bytes were split into reads)."""
+        return self._client.taken, self._server.taken
+
     def from_client(self, data: bytes) -> List[object]:
         if self.done or self.start is not None:
             return []
-        self.client += data
+        self._client.take(data)
         return self._advance()
 
     def from_server(self, data: bytes) -> List[object]:
         if self.done:
             return []
-        self.server += data
+        self._server.take(data)
         return self._advance()
 
-    def _give_up(self, side: str, reason: str) -> List[object]:
+    def expire(self, bound: str) -> List[object]:
+        """End the watch now (the caller's time limit): [Unsettled], or [] if it already ended."""
+        return [] if self.done else self._unsettled(bound)
+
+    def saw(self) -> Tuple[str, ...]:
+        got = (self.hello is not None, self.version is not None, self.start is not None,
+               self.accounts is not None, self.next_id)
+        return tuple(step for step, seen in zip(OPENING, got) if seen)
+
+    def _end(self) -> None:
         self.done = True
-        self.client.clear()
-        self.server.clear()
+        self._client.clear()
+        self._server.clear()
+
+    def _give_up(self, side: str, reason: str) -> List[object]:
+        self._end()
         return [NotTws(side, reason)]
+
+    def _unsettled(self, bound: str) -> List[object]:
+        saw = self.saw()
+        self._end()
+        return [Unsettled(saw, tuple(step for step in OPENING if step not in saw), bound)]
 
     def _advance(self) -> List[object]:
         events: List[object] = []
@@ -194,44 +295,47 @@ class Handshake:
             if event is not None:
                 events.append(event)
             if self.done:
+                self._end()
                 return events
-        if len(self.client) > LIMIT or len(self.server) > LIMIT:
-            return events + self._give_up("client" if len(self.client) > LIMIT else "server",
-                                          "the opening did not settle within the first 64 KiB")
+        self._client.compact()
+        self._server.compact()
+        # all that was taken is read: if the side the next step waits on is at its bound, it can
+        # bring nothing more, and the watch ends
+        waits_on_client = self.hello is None or (self.version is not None and self.start is None)
+        if (self._client if waits_on_client else self._server).full:
+            who = "client" if waits_on_client else "server"
+            return events + self._unsettled(f"{LIMIT // 1024} KiB from the {who}")
         return events
 
     def _client_hello(self) -> Optional[ClientHello]:
         if self.hello is not None:
             return None
-        if not MAGIC.startswith(bytes(self.client[:4])):
+        c = self._client
+        if not MAGIC.startswith(c.head(4)):
             raise ProtocolError("does not start with API\\0")
-        if len(self.client) < 4:
-            return None
-        payload, rest = split_frame(bytes(self.client[4:]))
+        payload = c.frame(after=len(MAGIC)) if len(c) >= len(MAGIC) else None
         if payload is None:
             return None
         self.hello = _parse_versions(payload)
-        del self.client[:len(self.client) - len(rest)]
         return self.hello
 
     def _server_hello(self) -> Optional[ServerHello]:
         # TWS answers only after the hello; waiting for it keeps events in protocol order
-        if self.version is not None or not self.server or self.hello is None:
+        if self.version is not None or self.hello is None:
             return None
-        payload, rest = split_frame(bytes(self.server))
+        payload = self._server.frame()
         if payload is None:
             return None
         self.version, when = parse_server_hello(payload)
-        self.server[:] = rest
         return ServerHello(self.version, when)
 
     def _start_api(self) -> Optional[StartApi]:
         if self.start is not None or self.hello is None or self.version is None:
             return None     # its form depends on the negotiated version
-        payload, _ = split_frame(bytes(self.client))
+        payload = self._client.frame()
         if payload is None:
             return None
-        self.client.clear()
+        self._client.clear()
         self.start = _parse_start_api(payload, self.version)
         return self.start
 
@@ -240,10 +344,9 @@ class Handshake:
         if self.start is None:
             return None
         while True:
-            payload, rest = split_frame(bytes(self.server))
+            payload = self._server.frame()
             if payload is None:
                 return None
-            self.server[:] = rest
             msg_id, body = split_message(payload, self.version)
             if msg_id == ERROR:
                 code, text = decode_error(body, self.version)
@@ -256,7 +359,6 @@ class Handshake:
                 self.next_id = True
             if self.next_id and self.accounts is not None:
                 self.done = True
-                self.server.clear()
                 return ApiReady(self.accounts)
 
 

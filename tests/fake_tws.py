@@ -6,6 +6,9 @@ localhost only", it resets every peer that is not loopback. Modes play the failu
   silent     accepts TCP and never answers (a wedged TWS / Gateway)
   close      answers the version, then closes at startApi without a message
   refuse     answers the version, then sends its own error 326 at startApi and closes
+  stream     at startApi streams `stream_bytes` of market data at once, without nextValidId or
+             managedAccounts (a session whose opening never settles), then serves requests
+  refuse-stream  at startApi an error (not a notice), then streams the same market data
 Used in-process (FakeTws) and as a script inside test namespaces:
 
     python fake_tws.py PORT [--version N] [--host H] [--mode M]   (default host 0.0.0.0, as TWS does)
@@ -57,6 +60,18 @@ def proto_client_id(body: bytes) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def market_data(version, size: int) -> bytes:
+    """tickPrice messages (id 1) of about `size` bytes in all, each price different."""
+    out, i = [], 0
+    total = 0
+    while total < size:
+        m = raw_msg(version, 1, 6, 1, 4, f"{100 + i / 100:.2f}", 100 + i % 50, 0)
+        out.append(m)
+        total += len(m)
+        i += 1
+    return b"".join(out)
+
+
 class FakeTws:
     def __init__(self, version: int = SERVER_VERSION, local_only: bool = True, mode: str = "normal"):
         self.version = version
@@ -70,6 +85,8 @@ class FakeTws:
         self.accepted = 0        # every TCP connection (bots, connect checks, handshake checks)
         self.eofs = 0            # sessions past the hello whose client side sent FIN
         self.linger = None       # an asyncio.Event: after a client's FIN, keep its session open until it is set
+        self.stream_bytes = 1 << 20
+        self.streamed = b""      # what the stream modes sent, for the tests to compare
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.server = await asyncio.start_server(self._serve, host, port)
@@ -128,6 +145,15 @@ class FakeTws:
             self.client_ids.append(client_id)
             if self.mode == "close":
                 return False
+            if self.mode in ("stream", "refuse-stream"):
+                if self.mode == "refuse-stream":
+                    fields = [-1, 504, "Not connected", ""] + ([int(time.time() * 1000)] if v >= 194 else [])
+                    self.streamed = raw_msg(v, 4, *(fields if v >= 194 else [2] + fields))
+                else:
+                    self.streamed = b""
+                self.streamed += market_data(v, self.stream_bytes)
+                writer.write(self.streamed)
+                return True
             if self.mode == "refuse":
                 text = f"Unable to connect as the client id {client_id} is already in use. Retry with a unique client id."
                 fields = [-1, 326, text, ""] + ([int(time.time() * 1000)] if v >= 194 else [])

@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fake_tws import FakeTws
-from helpers import native_pump_missing, records, start_relay, wait_for
+from helpers import address, native_pump_missing, records, start_relay, wait_for
 from relay import tws
 from relay.config import Endpoint
-from tws_sessions import session, start_api
+from tws_sessions import TIME, managed_accounts, next_valid_id, server_message, session, start_api
 
 
 def chunked(data: bytes, cuts):
@@ -49,8 +49,8 @@ def test_arbitrary_bytes_never_raise_and_stay_bounded(feeds):
     for to_client, data in feeds:
         events = hs.from_client(data) if to_client else hs.from_server(data)
         assert all(isinstance(e, (tws.ClientHello, tws.ServerHello, tws.StartApi, tws.ApiReady, tws.ApiRefused,
-                                  tws.NotTws)) for e in events)
-        assert len(hs.client) <= tws.LIMIT + 300 and len(hs.server) <= tws.LIMIT + 300
+                                  tws.NotTws, tws.Unsettled)) for e in events)
+        assert len(hs.client) <= tws.LIMIT and len(hs.server) <= tws.LIMIT and max(hs.read) <= tws.LIMIT
 
 
 @given(version=st.sampled_from([176, 205, 213]), junk=st.binary(min_size=1, max_size=50))
@@ -90,10 +90,75 @@ def test_server_that_is_not_tws_and_first_message_not_start_api():
     assert isinstance(ev, tws.NotTws) and "not startApi" in ev.reason
 
 
-def test_truncated_hello_waits_then_gives_up_past_the_limit():
+def test_truncated_hello_waits_with_the_server_side_held_to_the_bound():
     hs = tws.Handshake()
     assert hs.from_client(b"API\0\x00\x00\x00\x09v157") == [] and not hs.done
-    assert isinstance(hs.from_server(b"\x00\x00\xff\xff" + b"x" * tws.LIMIT)[-1], tws.NotTws)
+    # bytes from the server before the hello is whole are held, never more than the bound
+    assert hs.from_server(b"\x00\x00\xff\xff" + b"x" * tws.LIMIT) == [] and not hs.done
+    assert hs.read == (12, tws.LIMIT) and len(hs.server) == tws.LIMIT
+    assert hs.expire("10 s") == [tws.Unsettled((), tws.OPENING, "10 s")] and hs.done and not hs.server
+
+
+READ = 256 * 1024   # one read of asyncio or uvloop
+
+
+def opening(version: int, client_id: int = 7):
+    """(client bytes, server bytes) up to and including startApi and the version reply."""
+    return (tws.client_hello(157, 178) + start_api(version, client_id),
+            tws.fields_message(version, TIME))
+
+
+def ticks(version: int, size: int) -> bytes:
+    one = server_message(version, 1, [6, 1, 4, "101.25", 100, 0], b"\x08\x01\x10\x04\x19" + bytes(8))
+    return one * (size // len(one) + 1)
+
+
+@pytest.mark.parametrize("version", [176, 205, 213])
+def test_market_data_before_the_opening_settles_ends_the_watch_at_the_bound(version):
+    """A stand-in TWS that streams after startApi and never sends nextValidId / managedAccounts:
+    the watch reads 64 KiB of it and no more, whatever follows (before, it read the whole session)."""
+    client, server = opening(version)
+    hs = tws.Handshake()
+    events = hs.from_client(client) + hs.from_server(server)
+    stream = ticks(version, 4 << 20)
+    reads = [stream[i:i + READ] for i in range(0, len(stream), READ)]
+    events += hs.from_server(reads[0])
+    assert hs.done and events[-1] == tws.Unsettled(("hello", "version", "startApi"),
+                                                   ("managedAccounts", "nextValidId"), "64 KiB from the server")
+    for data in reads[1:]:
+        assert hs.from_server(data) == []
+    assert tws.LIMIT - 40 < hs.read[1] <= tws.LIMIT and not hs.server
+
+
+@given(version=st.sampled_from([176, 205, 213]), before=st.integers(0, 3000), settles=st.booleans(),
+       after=st.integers(0, 90_000), cuts=st.lists(st.integers(0, 100_000), max_size=15))
+@settings(max_examples=300)
+def test_no_split_of_the_same_bytes_changes_the_events_or_the_bound(version, before, settles, after, cuts):
+    client, server = opening(version)
+    server += ticks(version, before)
+    if settles:
+        server += managed_accounts(version, "DU1") + next_valid_id(version, 1)
+    server += ticks(version, after)
+    whole = tws.Handshake()
+    expected = whole.from_client(client) + whole.from_server(server)
+    hs = tws.Handshake()
+    events = hs.from_client(client)
+    for part in chunked(server, cuts):
+        events += hs.from_server(part)
+    assert events == expected and hs.read == whole.read and hs.done == whole.done
+    assert hs.read[1] <= tws.LIMIT
+    if not settles and len(server) >= tws.LIMIT:
+        assert isinstance(events[-1], tws.Unsettled)
+
+
+def test_the_time_bound_ends_a_watch_that_waits_for_start_api():
+    hs = tws.Handshake()
+    client, server = opening(176)
+    hs.from_client(client[:len(tws.client_hello(157, 178))])
+    hs.from_server(server)
+    assert hs.expire("10 s") == [tws.Unsettled(("hello", "version"), ("startApi", "managedAccounts", "nextValidId"),
+                                               "10 s")]
+    assert hs.done and hs.expire("10 s") == [] and hs.from_client(client) == []
 
 
 def test_error_326_bytes_in_each_version_range():
@@ -237,3 +302,62 @@ def test_tws_awareness_off_logs_no_client_ids(run, caplog):
     with caplog.at_level(logging.INFO, logger="relay"):
         run(main())
     assert not records(caplog, "api-start")
+
+
+@pytest.mark.parametrize("pump", ["python", "native"])
+@pytest.mark.parametrize("mode", ["stream", "refuse-stream"])
+def test_a_session_that_never_settles_is_relayed_exactly_and_leaves_the_watch(run, caplog, pump, mode):
+    """TWS streams market data after startApi without nextValidId / managedAccounts (or after an
+    error that refuses the opening): the watch ends at its bound with one line, the session moves to
+    the native pump where it is built, and every byte arrives in order."""
+    missing = native_pump_missing() if pump == "native" else None
+    if missing:
+        pytest.skip(missing)
+
+    async def main():
+        fake = FakeTws(version=176, mode=mode)
+        fake.stream_bytes = 2 << 20
+        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()),
+                                  pump="python" if pump == "python" else "auto")
+        reader, writer = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: fake.streamed, what="the stand-in's stream")
+        assert await reader.readexactly(len(fake.streamed)) == fake.streamed
+        splice = next(iter(relay.routes[0].active))
+        await wait_for(lambda: splice.handshake is None, what="the end of the watch")
+        await wait_for(lambda: splice.handed_over == (pump == "native"), what="the pump that carries the session")
+        writer.write(tws.fields_message(49, 1))                  # the session still works both ways
+        assert (await read_message(reader))[0] == "49"
+        if mode == "stream":
+            (line,) = records(caplog, "api-unsettled")
+            assert line.fields["saw"] == "hello,version,startApi" and line.fields["client_id"] == 7
+            assert line.fields["missing"] == "managedAccounts,nextValidId" and "64 KiB" in line.fields["after"]
+            assert splice.phase == "unsettled"
+        else:
+            assert records(caplog, "api-refused")[0].fields["code"] == 504 and not records(caplog, "api-unsettled")
+        writer.close()
+        await relay.shutdown(0)
+        fake.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
+
+
+def test_the_watch_ends_in_time_for_a_bot_that_never_sends_start_api(run, caplog, monkeypatch):
+    monkeypatch.setattr(tws, "WATCH_TIMEOUT", 0.2)
+
+    async def main():
+        fake = FakeTws(version=176)
+        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()))
+        reader, writer = await asyncio.open_connection(*address(relay))
+        writer.write(tws.client_hello(157, 178))
+        await read_message(reader)                                # the version reply, then nothing
+        await wait_for(lambda: records(caplog, "api-unsettled"), what="the watch's end")
+        line = records(caplog, "api-unsettled")[0].fields
+        assert (line["saw"], line["after"], line["client_id"]) == ("hello,version", "0.2 s", None)
+        writer.write(start_api(176, 3))                           # late, but relayed untouched
+        assert (await read_message(reader))[0] == "15"
+        assert not records(caplog, "api-start")
+        writer.close()
+        await relay.shutdown(0)
+        fake.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
