@@ -90,6 +90,8 @@ def one_route(listen: str, target: str, allow: Tuple[str, ...], max_connections:
             target=to,
             allow=tuple(cfg.parse_network(a, "--allow") for a in allow) or None,
             max_connections=max_connections)
+        if cfg.reaches(route.target, route.listen):
+            raise cfg.ConfigError(cfg.self_target(route.target, route, True, "--listen"), "--target")
     except cfg.ConfigError as e:
         fail(str(e))
     return route

@@ -343,6 +343,52 @@ def check_routes(routes: Iterable[Route], path: str = "routes") -> None:
             if port == r.listen.port and (other == host or (r.interface is None and _overlap(other, host))):
                 raise ConfigError(f"{where(r)} clashes with routes[{j}].listen", _join(here, "listen"))
         bound.append((host, r.listen.port, i))
+    check_no_loops(routes, path)
+
+
+def check_no_loops(routes: Sequence[Route], path: str = "routes") -> None:
+    """A target where this relay itself listens makes it connect to itself; the places known only
+    at run time (an adapter's address) are checked then."""
+    for i, r in enumerate(routes):
+        for j, other in enumerate(routes):
+            if other.interface is None and other.listen.port and reaches(r.target, other.listen):
+                raise ConfigError(self_target(r.target, other, i == j, f"{_join(path, j)}.listen"),
+                                  _join(_join(path, i), "target"))
+
+
+def self_target(target: Endpoint, listener: Route, own: bool, listen_key: str) -> str:
+    """Why a target that reaches `listener` (this route itself when `own`) is refused."""
+    if own:
+        what = (f"its own listen address ({listen_key} {where(listener)}): the relay would connect to "
+                f"itself, each session opening another until the connection cap is full")
+    else:
+        what = (f"where route {listener.name!r} listens ({listen_key} {where(listener)}): a route must not "
+                f"feed another route of the same relay")
+    return f"target {target} is {what}. Point it at TWS / IB Gateway (7497 paper, 7496 live; Gateway 4002, 4001)"
+
+
+LOCAL_NAMES = frozenset({"localhost"})
+
+
+def reaches(target: Endpoint, listen: Endpoint) -> bool:
+    """Does connecting to `target` reach a socket listening at `listen` on this machine?"""
+    if target.port != listen.port:
+        return False
+    t, lh = _ip(target.host), _ip(listen.host)
+    if t is None:
+        return target.host.lower() in LOCAL_NAMES and (lh is None or lh.is_loopback or listen.host in WILDCARD_HOSTS)
+    if listen.host in WILDCARD_HOSTS:       # every address of its family, loopback included
+        return t.version == (6 if listen.host == "::" else 4)
+    if t.is_unspecified:                    # connecting to 0.0.0.0 / :: reaches this machine's loopback
+        return lh is not None and lh.is_loopback and lh.version == t.version
+    return t == lh
+
+
+def _ip(host: str):
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
 
 
 def where(r: Route) -> str:

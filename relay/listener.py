@@ -10,7 +10,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import control, discovery, hostnet, logs, native_pump, registry, sockopts, tws
-from .config import Config, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint, ConfigError
+from .config import (Config, ConfigError, Endpoint, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint,
+                     reaches, self_target)
 from .logs import RateLimit, event
 from .pump import Splice
 
@@ -118,7 +119,7 @@ class RouteServer:
             return
         self.state, self.state_fields = state, fields
         if state != "listening":
-            level = logging.ERROR if state == "bind-failed" else logging.WARNING
+            level = logging.ERROR if state in ("bind-failed", "target-is-this-relay") else logging.WARNING
             event(log, level, state, route=self.route.name, **fields)
 
     async def reconcile(self, host: Optional[str], target: str, adapter: Optional[hostnet.Adapter] = None) -> None:
@@ -158,6 +159,17 @@ class RouteServer:
                 await self.bind(host)
             except BindError as e:
                 self.set_state("bind-failed", error=str(e))
+
+    def refuse_loop(self, listener: "RouteServer", place: Endpoint) -> None:
+        """The target is where this relay itself listens now (known only at run time: an adapter's
+        address): do not listen, or every session would open another through the relay."""
+        self.stop_accepting()
+        if self.state != "target-is-this-relay":
+            self.cut_all("target is this relay")
+        listen_key = f"{listener.route.name}'s listen" if listener is not self else "listen"
+        self.set_state("target-is-this-relay", target=str(self.route.target), listener=listener.route.name,
+                       error=self_target(self.route.target, listener.route, listener is self,
+                                         f"{listen_key}, now {place}"))
 
     # -- called by Splice -------------------------------------------------------------------
 
@@ -504,11 +516,13 @@ class Relay:
             for r in self.routes:
                 if r.route.interface and r.route.interface not in adapters:
                     adapters[r.route.interface] = hostnet.find_adapter(r.route.interface, addrs, stats)
+        loops = self._loops(adapters)
         # a route a real session found wedged is checked with the handshake until TWS answers again
         hows = ["handshake" if r.suspect_wedged else s.target_check for r in self.routes]
         # each route on its own clock: a healthy TWS is not probed faster because another route is down
         now = asyncio.get_running_loop().time()
-        due = [how != "off" and (r.check_due <= now or r.suspect_wedged) for r, how in zip(self.routes, hows)]
+        due = [how != "off" and r not in loops and (r.check_due <= now or r.suspect_wedged)
+               for r, how in zip(self.routes, hows)]
         states = await asyncio.gather(*(check_target(r.route.target, how) if checking
                                         else _as_known(r.target_state if how != "off" else "up")
                                         for r, how, checking in zip(self.routes, hows, due)))
@@ -519,7 +533,9 @@ class Relay:
                 # a little early, so a check never slips a whole supervisor interval behind
                 interval = s.check_interval if state == "up" else s.check_interval_down
                 r.check_due = now + interval - min(s.check_interval_down, interval) / 2
-            if r.route.interface:
+            if r in loops:
+                r.refuse_loop(*loops[r])
+            elif r.route.interface:
                 adapter = adapters[r.route.interface]
                 await r.reconcile(adapter.address if adapter else None, state, adapter)
             else:
@@ -531,6 +547,19 @@ class Relay:
             else:
                 host = routes[0].route.listen.host
             await server.follow(host, routes=",".join(r.route.name for r in routes))
+
+    def _loops(self, adapters: Dict[str, Optional[hostnet.Adapter]]) -> Dict[RouteServer, tuple]:
+        """Routes whose target is where a route of this relay listens now: {route: (listener, place)}.
+        The configuration refuses the fixed addresses; an adapter's is known only now."""
+        places = [(r, Endpoint(adapters[r.route.interface].address, r.route.listen.port) if r.route.interface
+                   else r.address) for r in self.routes if not r.route.interface or adapters[r.route.interface]]
+        found = {}
+        for r in self.routes:
+            for listener, place in places:
+                if place.port and reaches(r.route.target, place):
+                    found[r] = (listener, place)
+                    break
+        return found
 
     def stop_accepting(self) -> None:
         for r in self.routes:

@@ -52,6 +52,21 @@ def test_config_errors_exit_2_with_one_line_and_no_traceback(tmp_path, yaml_text
         assert len(err) == 1 and words in err[0] and str(path) in err[0], err
 
 
+def test_a_route_that_points_at_the_relay_itself_exits_2_naming_both_routes(tmp_path):
+    path = tmp_path / "relay.yaml"
+    path.write_text("routes:\n  - {name: x, listen: 127.0.0.1:17000, target: 127.0.0.1:17000}\n")
+    for cmd in (["check", "--config", str(path)], ["serve", "--config", str(path)]):
+        r = run_relay(*cmd)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (cmd, r.stderr)
+        assert "routes[0].target: target 127.0.0.1:17000 is its own listen address (routes[0].listen" in r.stderr
+    path.write_text("routes:\n  - {name: a, listen: 127.0.0.1:17001, target: 127.0.0.1:7497}\n"
+                    "  - {name: b, listen: 127.0.0.1:17002, target: localhost:17001}\n")
+    r = run_relay("check", "--config", str(path))
+    assert r.returncode == 2 and "routes[1].target" in r.stderr and "where route 'a' listens (routes[0].listen" in r.stderr
+    r = run_relay("serve", "--listen", "127.0.0.1:17000", "--target", "127.0.0.1:17000")
+    assert r.returncode == 2 and "--target: target 127.0.0.1:17000 is its own listen address (--listen" in r.stderr
+
+
 def test_missing_config_says_where_it_looked(tmp_path):
     r = run_relay(cwd=tmp_path)
     assert r.returncode == 2

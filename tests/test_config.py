@@ -84,6 +84,41 @@ def test_each_problem_names_file_key_and_what_is_wrong(text, path, words):
     assert "\n" not in str(e)
 
 
+@pytest.mark.parametrize("target, listen, loops", [
+    ("127.0.0.1:17000", "127.0.0.1:17000", True),
+    ("127.0.0.1:17000", "127.0.0.1:17001", False),
+    ("localhost:17000", "127.0.0.1:17000", True),
+    ("127.0.0.1:17000", "0.0.0.0:17000", True),          # a wildcard listens on loopback too
+    ("172.24.32.1:17000", "0.0.0.0:17000", True),
+    ("[::1]:17000", "0.0.0.0:17000", False),             # another family
+    ("[::1]:17000", "[::]:17000", True),
+    ("0.0.0.0:17000", "127.0.0.1:17000", True),          # connecting to 0.0.0.0 reaches loopback
+    ("172.24.32.1:17000", "172.24.32.1:17000", True),
+    ("172.24.32.1:17000", "127.0.0.1:17000", False),
+    ("tws.example:17000", "127.0.0.1:17000", False),     # a name is not resolved here
+])
+def test_which_targets_reach_a_listen_address(target, listen, loops):
+    t, l = cfg.parse_endpoint(target, "t", listen=False), cfg.parse_endpoint(listen, "l", listen=True)
+    assert cfg.reaches(t, l) == loops
+
+
+@pytest.mark.parametrize("routes, path, words", [
+    ("  - {name: x, listen: 127.0.0.1:17000, target: 127.0.0.1:17000}\n", "routes[0].target", "its own listen address"),
+    ("  - {name: a, listen: 127.0.0.1:17001, target: 127.0.0.1:7497}\n"
+     "  - {name: b, listen: 127.0.0.1:17002, target: 127.0.0.1:17001}\n", "routes[1].target", "where route 'a' listens"),
+    ("  - {name: a, listen: 127.0.0.1:17001, target: 127.0.0.1:17002}\n"
+     "  - {name: b, listen: 127.0.0.1:17002, target: 127.0.0.1:7497}\n", "routes[0].target", "where route 'b' listens"),
+])
+def test_a_target_where_the_relay_listens_is_refused(routes, path, words):
+    e = error_of("routes:\n" + routes)
+    assert e.path == path and words in e.problem and "Point it at TWS" in e.problem
+
+
+def test_adapter_routes_are_checked_at_run_time_not_here():
+    c = cfg.parse("routes:\n  - {name: w, listen: 'wsl:17000', target: 172.24.32.1:17000}\n")
+    assert c.routes[0].interface == "wsl"
+
+
 def test_target_check_off_survives_yaml_booleans():
     assert cfg.parse(MINIMAL + "target_check: off\n").settings.target_check == "off"
     assert cfg.parse(MINIMAL + "target_check: handshake\n").settings.target_check == "handshake"

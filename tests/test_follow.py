@@ -2,6 +2,7 @@
 interface that appears, changes and disappears (in a namespace), and not listening while the
 target is down (a real target that goes down and comes back)."""
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -206,3 +207,42 @@ status_port: false
         finally:
             for p in procs:
                 p.kill()
+
+
+def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening(run, caplog, monkeypatch):
+    """Known only at run time: the adapter's address is where a route listens, and a route's target
+    (its own, or another's) points there. Those routes do not listen, each says why once; the
+    others are not affected."""
+    from helpers import free_port, settings
+    from relay.config import Config, Route
+    from relay.listener import Relay
+    port = free_port()
+    monkeypatch.setattr(hostnet, "interfaces", lambda: {"fake0": [v4("127.0.0.2", "255.0.0.0")]})
+    monkeypatch.setattr(hostnet, "interface_stats", lambda: {})
+
+    async def main():
+        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+        tws = Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1])
+        routes = (Route("self", Endpoint("", port), Endpoint("127.0.0.2", port), interface="fake0"),
+                  Route("feeds", Endpoint("127.0.0.1", 0), Endpoint("127.0.0.2", port)),
+                  Route("fine", Endpoint("127.0.0.1", 0), tws))
+        relay = Relay(Config(routes, settings(target_check="connect")))
+        await relay.start()
+        await relay.tick()
+        await relay.tick()
+        this, feeds, fine = relay.routes
+        assert this.state == feeds.state == "target-is-this-relay" and this.server is None and feeds.server is None
+        assert fine.state == "listening" and (await attempt(fine.address.port))[0] == "ok"
+        for host, p in (("127.0.0.2", port), ("127.0.0.1", feeds.address.port)):
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection(host, p)
+        lines = {r.fields["route"]: r for r in caplog.records if r.getMessage() == "target-is-this-relay"}
+        assert len(lines) == 2 == len([r for r in caplog.records if r.getMessage() == "target-is-this-relay"])
+        assert lines["self"].levelno == logging.ERROR and "its own listen address" in lines["self"].fields["error"]
+        assert "where route 'self' listens" in lines["feeds"].fields["error"] and lines["feeds"].fields["listener"] == "self"
+        status = json.loads(await relay.status_answer())
+        assert [r["state"] for r in status["routes"]] == ["target-is-this-relay"] * 2 + ["listening"]
+        await relay.shutdown(0)
+        backend.close()
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
