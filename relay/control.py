@@ -19,11 +19,13 @@ import logging
 import secrets
 from typing import Callable, Optional
 
-from .logs import event
+from .logs import RateLimit, event
 from .sockopts import BACKLOG
 
 log = logging.getLogger("relay")
-MAX_REQUEST = 4096
+MAX_REQUEST = 4096        # bytes of one request line, newline included
+READ_TIMEOUT = 2.0        # seconds a client gets to send its request and take the answer
+MAX_CLIENTS = 16          # requests served at once; more are closed without an answer
 
 
 def new_token() -> str:
@@ -31,38 +33,70 @@ def new_token() -> str:
 
 
 class ControlServer:
-    def __init__(self, token: str, act: Callable[[dict], dict]):
+    """Anything a local process sends gets {"ok": false, "error": ...} or a close, never a
+    traceback; what it can make the relay hold (one request line, a few connections) or log (a few
+    lines a minute, then a count) is bounded."""
+
+    def __init__(self, token: str, act: Callable[[dict], dict], refusals: Optional[RateLimit] = None):
         self.token = token
         self.act = act                 # request -> answer (the relay's own code)
         self.server: Optional[asyncio.AbstractServer] = None
         self.port: Optional[int] = None
+        self.read_timeout = READ_TIMEOUT
+        self.clients = 0
+        self.refusals = refusals or RateLimit(burst=3, window=60.0)
 
     async def bind(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=BACKLOG)
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=BACKLOG, limit=MAX_REQUEST)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= MAX_CLIENTS:
+            self.refused(f"more than {MAX_CLIENTS} requests at once")
+            writer.transport.abort()
+            return
+        self.clients += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), 2)
-            answer = self.handle(line[:MAX_REQUEST])
+            answer = self.handle(await asyncio.wait_for(self._request(reader), self.read_timeout))
             writer.write(json.dumps(answer).encode() + b"\n")
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), self.read_timeout)
         except (asyncio.TimeoutError, ConnectionError):
-            pass
+            pass                       # too slow, or gone: a close is the answer
+        except Exception as e:         # the last guard: a local process must not reach a traceback
+            self.refused(f"request failed ({type(e).__name__})")
         finally:
+            self.clients -= 1
             writer.close()
+
+    @staticmethod
+    async def _request(reader: asyncio.StreamReader) -> bytes:
+        """One request line; what came before EOF when it ends early; b"" past MAX_REQUEST."""
+        try:
+            return await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as e:
+            return e.partial
+        except asyncio.LimitOverrunError:
+            return b""
 
     def handle(self, line: bytes) -> dict:
         try:
             request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError
-        except ValueError:
-            return {"ok": False, "error": "not a control request"}
-        if not hmac.compare_digest(str(request.get("token", "")), self.token):
-            event(log, logging.WARNING, "control-refused", reason="wrong or missing secret")
+        except (ValueError, RecursionError):   # not JSON, not UTF-8, nested past the parser's depth
+            request = None
+        if not isinstance(request, dict):
+            self.refused("not a control request" if line else "empty or longer than 4 KiB")
+            return {"ok": False, "error": "not a control request (one JSON object on one line, at most 4 KiB)"}
+        token = request.get("token")
+        if not (isinstance(token, str) and token.isascii() and hmac.compare_digest(token, self.token)):
+            self.refused("wrong or missing secret")
             return {"ok": False, "error": "not authorised: only the user running this relay may do that"}
         return self.act(request)
+
+    def refused(self, reason: str) -> None:
+        ok, suppressed = self.refusals.allow("control")
+        if ok:
+            more = {"suppressed": suppressed} if suppressed else {}
+            event(log, logging.WARNING, "control-refused", reason=reason, **more)
 
     def close(self) -> None:
         if self.server is not None:

@@ -578,10 +578,12 @@ class Relay:
             self.on_stop()
             return {"ok": True, "stopping": os.getpid()}
         if request.get("action") != "kick":
-            return {"ok": False, "error": f"unknown action {request.get('action')!r}"}
+            return {"ok": False, "error": "unknown action (kick or stop)"}
         client_id, route = request.get("client_id"), request.get("route")
         if isinstance(client_id, bool) or not isinstance(client_id, int):
             return {"ok": False, "error": "client_id must be a whole number"}
+        if route is not None and not isinstance(route, str):
+            return {"ok": False, "error": "route must be a route's name"}
         held = [(r, sp) for r in self.routes if route in (None, r.route.name) for sp in r.active
                 if sp.client_id == client_id]
         if not held:
