@@ -74,7 +74,10 @@ class Leg(asyncio.Protocol):
         self.nbytes += len(data)
         out = self.out
         if out is not None:
-            out.write(data)
+            try:
+                out.write(data)
+            except RuntimeError:   # uvloop: the peer closed in this loop pass; its connection_lost ends it
+                return
         else:
             self.splice.hold(data)
         if self.watch is not None:
@@ -83,7 +86,7 @@ class Leg(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof_in = True
         if self.out is not None:
-            self.out.write_eof()
+            self.splice.send_eof(self.peer)
         self.splice.eof_from(self)
         return True   # keep the transport: the other direction may still be flowing
 
@@ -210,7 +213,7 @@ class Splice:
             self.held.clear()
             self.held_bytes = 0
         if self.client.eof_in:
-            up.write_eof()
+            self.send_eof(self.upstream)
         elif paused_by_hold and not self.upstream.write_paused:
             self.client.transport.resume_reading()
         if self.handshake is None:
@@ -337,7 +340,7 @@ class Splice:
         """Answer with TWS's error 326, in the session's own form, and close both legs."""
         self.closed_by = self.closed_by or "relay (client id in use)"
         self.phase, self.reason = "refused", f"clientId {self.client_id} is in use through this relay (error 326)"
-        if self.server_version is not None and not self.client.lost:
+        if self.server_version is not None and not self.client.lost and not self.client.transport.is_closing():
             self.client.transport.write(tws.client_id_in_use(self.server_version, self.client_id))
         self.close()
 
@@ -346,6 +349,17 @@ class Splice:
         self.held_bytes += len(data)
         if self.held_bytes >= HOLD_LIMIT:
             self.client.transport.pause_reading()
+
+    def send_eof(self, leg: Leg) -> None:
+        """Pass a FIN on to `leg`, whose socket may have died in between: asyncio's write_eof raises
+        OSError (ENOTCONN) after a reset, uvloop's RuntimeError once closed. Then the leg is ended
+        here with the reason: with its reading paused it would never notice on its own."""
+        try:
+            leg.transport.write_eof()
+        except (OSError, RuntimeError) as e:
+            if self.closed_by is None:
+                self.closed_by = f"{leg.side} ({_why(e)})"
+            leg.transport.abort()
 
     def eof_from(self, leg: Leg) -> None:
         if self.closed_by is None:

@@ -78,3 +78,61 @@ def test_tws_session_bytes_exact_while_the_opening_is_read(run, make_relay, vers
         last = c
     pieces.append(client[last:])
     run(conformance.check_exact(make_relay, [p for p in pieces if p] + up, [server] + down, "both"), timeout=10)
+
+
+@pytest.mark.parametrize("tws_aware", [True, False])
+def test_an_upstream_reset_right_after_its_connect_ends_the_session_cleanly(run, caplog, tws_aware):
+    """TWS flapping: the upstream accepts and resets at once while the client's first bytes wait to
+    go up. Whatever order the loop sees the connect and the reset in, the session ends with the
+    upstream named and no traceback (uvloop raises on a write to a closed transport)."""
+    import asyncio
+    import logging
+    import socket
+    import struct
+    import threading
+    from helpers import records, wait_for
+    from relay.config import Endpoint
+
+    flapping = socket.create_server(("127.0.0.1", 0))
+
+    def accept_and_reset():       # its own thread: the reset is out before the relay's loop looks
+        while True:
+            try:
+                sock, _ = flapping.accept()
+            except OSError:
+                return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+    thread = threading.Thread(target=accept_and_reset, daemon=True)
+    thread.start()
+
+    async def main():
+        relay = await start_relay(Endpoint("127.0.0.1", flapping.getsockname()[1]), tws_aware=tws_aware)
+        host, port = relay.routes[0].address.host, relay.routes[0].address.port
+        n = 500
+        for i in range(n):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"API\0" + b"x" * 64)          # held until the upstream connects
+            if i % 2:
+                writer.write_eof()                       # and a FIN to pass on as well
+            try:
+                await reader.read()
+            except ConnectionError:
+                pass
+            writer.close()
+        await wait_for(lambda: len(records(caplog, "close")) == n, what="every session's close line")
+        await relay.shutdown(0)
+        return [r.fields["closed_by"] for r in records(caplog, "close")], len(records(caplog, "upstream-failed"))
+    try:
+        with caplog.at_level(logging.INFO):
+            closed_by, connects_failed = run(main(), timeout=60)
+    finally:
+        flapping.shutdown(socket.SHUT_RDWR)
+        flapping.close()
+        thread.join()
+    # the upstream named; "relay" where its connect itself failed (reset during the connect), with
+    # an upstream-failed line each; "client" where the client's FIN came first
+    assert all(c in ("relay", "client") or c.startswith("upstream") for c in closed_by), set(closed_by)
+    assert closed_by.count("relay") <= connects_failed
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not bad, bad[0].getMessage()
