@@ -2,12 +2,14 @@
  * sequenced market-data messages to N bots through a path (direct, or a proxy); each bot records
  * one-way latency and checks for loss, duplication and reordering.
  *
- *   ticks PATH_PORT TWS_PORT BOTS RATE BURST SECS
+ *   ticks PATH_PORT TWS_PORT BOTS RATE BURST SECS [OPENING]
  *     PATH_PORT  where the bots connect (TWS_PORT itself for a direct path); "P1,P2,...": bot i
  *                connects to the (i mod n)-th port (several relay processes, one per core)
  *     TWS_PORT   where the stand-in TWS listens (127.0.0.1)
  *     RATE       messages per second per bot, evenly spaced (steady rows); 0 with BURST
  *     BURST      messages per bot sent back to back once a second (burst rows); 0 with RATE
+ *     OPENING    "settled" (default), or "never": after startApi the stand-in TWS sends no
+ *                managedAccounts / nextValidId, only market data (an opening that never settles)
  *   prints: msgs= lost= reordered= p50_us= p99_us= p999_us= max_us=
  *
  * Every bot opens with the TWS API handshake (hello, version reply, startApi, managedAccounts and
@@ -34,7 +36,7 @@
 #define MAXBOTS 256
 #define MSG 130
 
-static int bots, rate, burst, secs, tws_listener;
+static int bots, rate, burst, secs, tws_listener, settles = 1;
 static int server_fd[MAXBOTS];            /* the stand-in TWS's side of each bot's session */
 static volatile int ready_count, sending_done;
 static uint64_t *lat;                     /* ns, one per received message */
@@ -104,8 +106,10 @@ static void *acceptor(void *arg) {
         if (id < 0 || id >= bots || server_fd[id]) { close(c); continue; }
         static const char accounts[] = "15\0" "1\0" "DU1";
         static const char next_id[] = "9\0" "1\0" "1";
-        frame(c, accounts, sizeof accounts);
-        frame(c, next_id, sizeof next_id);
+        if (settles) {
+            frame(c, accounts, sizeof accounts);
+            frame(c, next_id, sizeof next_id);
+        }
         server_fd[id] = c;
         __sync_fetch_and_add(&ready_count, 1);
     }
@@ -170,14 +174,15 @@ static void bot_opening(int fd, int id) {
     if (read_frame(fd, buf, sizeof buf) < 0) die("version reply");
     int n = snprintf(start, sizeof start, "71%c2%c%d%c%c", 0, 0, id, 0, 0);
     frame(fd, start, n);
-    for (int got = 0; got < 2;)                          /* managedAccounts, nextValidId */
+    for (int got = 0; settles && got < 2;)              /* managedAccounts, nextValidId */
         if (read_frame(fd, buf, sizeof buf) < 0) die("opening"); else got++;
 }
 
 struct inbox { int fd; uint64_t expect; char buf[1 << 16]; size_t have; int done; };
 
 int main(int argc, char **argv) {
-    if (argc != 7) { fprintf(stderr, "usage: see the top of ticks.c\n"); return 2; }
+    if (argc != 7 && argc != 8) { fprintf(stderr, "usage: see the top of ticks.c\n"); return 2; }
+    settles = argc == 7 || strcmp(argv[7], "never");
     int path_ports[16], n_paths = 0, tws_port = atoi(argv[2]);
     for (char *p = argv[1]; *p && n_paths < 16; ) {
         path_ports[n_paths++] = atoi(p);

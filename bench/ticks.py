@@ -16,7 +16,8 @@ each round runs every path once per row. Also the proxy's CPU seconds per millio
 processes' user + system time over the run). It waits for a quiet machine first and prints the
 load average. `--hogs N` then keeps N processes spinning on the CPU through every row: a busy
 machine (TWS, charts, a backtest), where a proxy's thread must win the CPU back each time a tick
-arrives.
+arrives. `--unsettled`: the stand-in TWS never sends managedAccounts / nextValidId after startApi,
+only market data: an opening that never settles, which a TWS-aware relay reads only up to its bound.
 Needs gcc, socat and haproxy (apt-get install gcc socat haproxy). Traffic stays on 127.0.0.1.
 """
 import argparse
@@ -61,11 +62,11 @@ def cpu_seconds(pids):
     return total / TICK
 
 
-def run_row(path_port, bots, rate, burst, secs, proc):
+def run_row(path_port, bots, rate, burst, secs, proc, opening="settled"):
     pids = compare.pids_of(proc)
     before = cpu_seconds(pids)
-    out = subprocess.run([TICKS, str(path_port), str(compare.ECHO), str(bots), str(rate), str(burst), str(secs)],
-                         capture_output=True, text=True, timeout=secs + 60)
+    out = subprocess.run([TICKS, str(path_port), str(compare.ECHO), str(bots), str(rate), str(burst), str(secs),
+                          opening], capture_output=True, text=True, timeout=secs + 60)
     if out.returncode:
         raise RuntimeError(f"ticks: {out.stderr.strip()}")
     pids = compare.pids_of(proc)
@@ -82,6 +83,8 @@ def main():
     ap.add_argument("--rows", help="comma-separated subset of: steady,bursts,one (each row's first word)")
     ap.add_argument("--show-rounds", action="store_true", help="also print each round's p50 and p99 (stderr)")
     ap.add_argument("--hogs", type=int, default=0, help="processes spinning on the CPU through every row")
+    ap.add_argument("--unsettled", action="store_true",
+                    help="the stand-in TWS never settles the opening (no managedAccounts / nextValidId)")
     args = ap.parse_args()
     rows = [r for r in ROWS if not args.rows or r[0].split()[0] in args.rows.split(",")]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -112,7 +115,8 @@ def run_rounds(args, names, rows, samples):
                 try:          # no port wait: a relay listens only once the stand-in TWS is up; the bots retry
                     for label, bots, rate, burst in rows:
                         print(f"round {rnd + 1}: {n}: {label}", file=sys.stderr, flush=True)
-                        samples[(n, label)].append(run_row(port, bots, rate, burst, args.secs, proc))
+                        samples[(n, label)].append(run_row(port, bots, rate, burst, args.secs, proc,
+                                                           "never" if args.unsettled else "settled"))
                 except Exception:
                     compare.show_logs(tmp)
                     raise
@@ -130,6 +134,7 @@ def report(args, names, rows, samples, load, load_after):
     print(f"\n{os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, one run, medians of {args.rounds} interleaved "
           f"rounds of {args.secs} s; "
           + (f"{args.hogs} processes spinning on the CPU throughout; " if args.hogs else "")
+          + ("the opening never settles (no managedAccounts / nextValidId); " if args.unsettled else "")
           + f"load average before {load[0]:.2f}, after {load_after[0]:.2f}; "
           f"messages lost or out of order on any path: {int(lost)}\n")
     for label, *_ in rows:

@@ -46,8 +46,8 @@ class ControlServer:
         self.clients = 0
         self.refusals = refusals or RateLimit(burst=3, window=60.0)
 
-    async def bind(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=BACKLOG, limit=MAX_REQUEST)
+    async def bind(self, port: int = 0) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port, backlog=BACKLOG, limit=MAX_REQUEST)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, hostnet
 from .logs import event
 from .sockopts import BACKLOG
 
@@ -179,7 +179,11 @@ class AnswerServer:
         """Listen on `host` (None: nowhere), moving if it changed; a failed bind is logged once and
         retried at the next call."""
         if host == self.host and self.server is not None:
-            return
+            problem = hostnet.listener_problem(self.server)
+            if problem is None:
+                return
+            event(log, logging.WARNING, f"{self.kind}-listener-lost", listen=f"{host}:{self.port}", error=problem,
+                  note="listening again")
         self.close()
         if host is None:
             return

@@ -166,3 +166,19 @@ def adapter_default_allow(adapter: Adapter) -> List[IPNetwork]:
 def interface_stats() -> Dict[str, object]:
     import psutil
     return psutil.net_if_stats()
+
+
+def listener_problem(server) -> Optional[str]:
+    """Why a server's listening socket no longer accepts, or None while it does. It can stop under
+    the server: the Proactor loop closes it after one failed accept (cpython#93821), `ss -K`
+    destroys it on Linux; the server object lives on, and uvloop spins on it without a word."""
+    for sock in server.sockets:
+        try:
+            if sock.fileno() == -1:
+                return "the listening socket was closed"
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                return "the socket no longer listens"
+        except OSError as e:
+            return e.strerror or str(e)
+    return None
+

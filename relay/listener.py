@@ -107,6 +107,25 @@ class RouteServer:
             self.server.close()
             self.server = None
 
+    def check_listener(self, last_error: Optional[str] = None) -> None:
+        """A listener whose socket stopped under its server is closed and said once; reconcile binds
+        it again in the same tick."""
+        problem = hostnet.listener_problem(self.server) if self.server is not None else None
+        if problem is None:
+            return
+        self.stop_accepting()
+        error = f"{problem} (last accept error: {last_error})" if last_error else problem
+        self.state, self.state_fields = "listener-lost", {"listen": str(self.address), "error": error}
+        event(log, logging.WARNING, "listener-lost", route=self.route.name, listen=str(self.address), error=error,
+              note="listening again")
+
+    @property
+    def live_state(self) -> str:
+        """The state as last set, or listener-lost already while the next tick has yet to see it."""
+        if self.state == "listening" and self.server is not None and hostnet.listener_problem(self.server):
+            return "listener-lost"
+        return self.state
+
     def cut_all(self, why: str) -> int:
         n = len(self.active)
         for splice in list(self.active):
@@ -365,6 +384,8 @@ class Relay:
         self.client_ids = ClientIds()
         self.wake = asyncio.Event()
         self.ticking = asyncio.Lock()     # one look at the world at a time (two could bind twice)
+        self.loop_errors = RateLimit(burst=3, window=60.0)
+        self.accept_error: Optional[str] = None   # the last failed accept the loop reported
         self.supervisor: Optional[asyncio.Task] = None
         self.started = time.time()
         self.run_dir = run_dir            # None: the user's default run folder
@@ -400,10 +421,25 @@ class Relay:
             self.status = discovery.AnswerServer("status", s.status_port, self.status_answer,
                                                  lambda ip: hostnet.allowed(ip, hostnet.LOOPBACK))
 
-    @property
-    def needs_supervisor(self) -> bool:
-        return (self.config.settings.target_check != "off" or any(r.route.interface for r in self.routes)
-                or bool(self.discovery))   # a busy discovery port is retried
+    def on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The event loop's reports go to the relay's log as one line each, a few a minute per kind.
+        A failed accept wakes the supervisor, which checks every listener at once: the Proactor loop
+        closes a listening socket after one (cpython#93821), the selector loop spins on a dead one."""
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        if "Accept failed" in message or "_accept_connection" in repr(context.get("handle")):
+            self.accept_error = str(exc) if exc else message
+            self.wake.set()
+        kind = (type(exc).__name__ if exc else "", message.split(" ")[:3])
+        ok, suppressed = self.loop_errors.allow(repr(kind))
+        if not ok:
+            return
+        fields = {"message": message[:200], "error": _error_words(exc) if exc else None}
+        if suppressed:
+            fields["suppressed"] = suppressed
+        bug = exc is not None and not isinstance(exc, OSError)   # keep the traceback of what is not the network's
+        log.log(logging.ERROR if bug else logging.WARNING, "loop-error", extra={"fields": fields},
+                exc_info=exc if bug else None)
 
     @property
     def source(self) -> str:
@@ -435,9 +471,9 @@ class Relay:
             event(log, logging.WARNING, "control-off", error=e.strerror or str(e),
                   note="`relay kick` cannot reach this relay")
         self.record = registry.register(self.registry_record(), self.run_dir)
-        if self.needs_supervisor:
-            await self.tick()            # the first look happens before serving starts in earnest
-            self.supervisor = asyncio.ensure_future(self.supervise())
+        asyncio.get_running_loop().set_exception_handler(self.on_loop_error)
+        await self.tick()            # the first look happens before serving starts in earnest
+        self.supervisor = asyncio.ensure_future(self.supervise())
 
     def _holder(self, port: int) -> str:
         """Who holds a local port, in words: another relay (pid, config) if one says so, else the OS's owner."""
@@ -510,6 +546,10 @@ class Relay:
 
     async def _tick(self) -> None:
         s = self.config.settings
+        accept_error, self.accept_error = self.accept_error, None
+        for r in self.routes:
+            r.check_listener(accept_error)
+        await self._check_answers()
         adapters: Dict[str, Optional[hostnet.Adapter]] = {}
         if any(r.route.interface for r in self.routes):
             addrs, stats = hostnet.interfaces(), hostnet.interface_stats()
@@ -560,6 +600,26 @@ class Relay:
                     found[r] = (listener, place)
                     break
         return found
+
+    async def _check_answers(self) -> None:
+        """The status and control listeners, bound again if their socket stopped (the discovery
+        answers are followed with the routes)."""
+        moved = False
+        for name, server in (("status", self.status), ("control", self.control)):
+            if server is None or server.server is None or not hostnet.listener_problem(server.server):
+                continue
+            error = hostnet.listener_problem(server.server)
+            port = server.port
+            server.close()
+            try:
+                await (server.bind("127.0.0.1") if name == "status" else server.bind(port))
+            except OSError as e:
+                error += f"; binding again failed: {e.strerror or e}"
+            event(log, logging.WARNING, f"{name}-listener-lost", port=port, error=error,
+                  listen=f"127.0.0.1:{server.port}" if server.server else None)
+            moved = moved or server.port != port
+        if moved and self.record:
+            self.record = registry.register(self.registry_record(), self.run_dir)
 
     def stop_accepting(self) -> None:
         for r in self.routes:
@@ -628,7 +688,7 @@ class Relay:
                "config": self.source, "log_file": logs.current_file,
                "pump": "native" if native_pump.chosen(self.config.settings.pump) else "python",
                "pump_threads": native_pump.threads_running(), "busy_poll_us": self.config.settings.busy_poll,
-               "routes": [{"name": r.route.name, "state": r.state, "listen": r.state_fields.get("listen")
+               "routes": [{"name": r.route.name, "state": r.live_state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
                            "connections": [{"peer": sp.peer, "client_id": sp.client_id,
@@ -651,6 +711,7 @@ class Relay:
             self.supervisor.cancel()
             await asyncio.gather(self.supervisor, return_exceptions=True)
         self.stop_accepting()
+        asyncio.get_running_loop().set_exception_handler(None)
         open_now = sum(len(r.active) for r in self.routes)
         if open_now and grace > 0:
             event(log, logging.INFO, "draining", connections=open_now, grace=grace)
@@ -668,6 +729,10 @@ class Relay:
         # CancelledError as an exception nobody retrieves, and asyncio prints it as a traceback
         for r in self.routes:
             await r.idle.wait()
+
+
+def _error_words(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 async def check_target(target, how: str, timeout: float = 1.0) -> str:

@@ -124,6 +124,12 @@ def setup(level: str = "info", fmt: str = "text", stream: Optional[TextIO] = Non
     root.handlers[:] = handlers or [logging.NullHandler()]
     root.setLevel(LEVELS[level])
     root.propagate = False
+    # what the event loop library says (a failed accept, a transport error) goes where the relay's
+    # lines go, in their format: without this a console shows a bare traceback and relayw loses it
+    loop_log = logging.getLogger("asyncio")
+    loop_log.handlers[:] = root.handlers
+    loop_log.setLevel(max(LEVELS[level], logging.WARNING))
+    loop_log.propagate = False
     current_file = os.path.abspath(file) if file else None
 
 

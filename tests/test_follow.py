@@ -5,14 +5,16 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections import namedtuple
 
 import pytest
 
-from helpers import Proc, echo, start_relay, wait_for
+from helpers import Proc, echo, records, start_relay, wait_for
 from netns import HostAndGuest, _ip, skip_without_namespaces
 from relay import hostnet
 from relay.config import Endpoint
@@ -246,3 +248,88 @@ def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening
         backend.close()
     with caplog.at_level(logging.INFO, logger="relay"):
         run(main())
+
+
+# -- a listener that stops under the relay (the Proactor loop closes it after a failed accept,
+#    cpython#93821; here the same condition is made with `ss -K`, which destroys the socket)
+
+def ss_kill(port: int) -> None:
+    r = subprocess.run(["ss", "-K", "state", "listening", "src", f"127.0.0.1:{port}"], capture_output=True, text=True)
+    assert r.returncode == 0 and f":{port}" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or shutil.which("ss") is None,
+                    reason="Linux only: destroys a listening socket with ss -K (iproute2)")
+@pytest.mark.parametrize("which", ["route", "status", "control", "discovery"])
+def test_a_listener_destroyed_under_the_relay_is_said_once_and_bound_again(run, caplog, which):
+    async def main():
+        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+        relay = await start_relay(Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1]), check_interval=0.3,
+                                  status_port=0, discovery_port=0)
+        route = relay.routes[0]
+        server = {"route": route, "status": relay.status, "control": relay.control,
+                  "discovery": relay.discovery[0][0] if relay.discovery else None}[which]
+        port = route.address.port if which == "route" else server.port
+        loop = asyncio.get_running_loop()
+        ss_kill(port)
+        t0 = loop.time()
+        if which == "route":
+            assert json.loads(await relay.status_answer())["routes"][0]["state"] == "listener-lost"
+            await wait_for(lambda: records(caplog, "listener-lost") and route.server is not None
+                           and route.state == "listening", timeout=5, what="the route listening again")
+            assert (await attempt(port))[0] == "ok"
+        else:
+            await wait_for(lambda: records(caplog, f"{which}-listener-lost"), timeout=5, what="the lost line")
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            if which == "control":
+                writer.write(b"{}\n")                           # answered with a refusal
+            assert await asyncio.wait_for(reader.read(), 5)      # the status or discovery document
+            writer.close()
+        assert loop.time() - t0 < 0.3 + 1.0                     # within one check interval (and a margin)
+        lost = records(caplog, "listener-lost" if which == "route" else f"{which}-listener-lost")
+        assert len(lost) == 1 and lost[0].fields["error"].startswith("the socket no longer listens")
+        assert len(records(caplog, "loop-error")) <= 3           # the spinning loop's reports, rate-limited
+        if which == "control":
+            assert json.load(open(relay.record))["control_port"] == relay.control.port
+        await relay.shutdown(0)
+        backend.close()
+    with caplog.at_level(logging.INFO):
+        run(main())
+
+
+def test_a_failed_accept_on_the_proactor_loop_wakes_the_supervisor_in_one_line(run, caplog):
+    """As the Proactor loop reports it when a client resets while Windows accepts it (WinError 64),
+    then closes the listening socket for good (cpython#93821): recorded context, fed to the handler."""
+    async def main():
+        relay = await start_relay(Endpoint("127.0.0.1", 9))
+        relay.wake.clear()
+        error = OSError(22, "The specified network name is no longer available")
+        context = {"message": "Accept failed on a socket", "exception": error,
+                   "socket": "<asyncio.TransportSocket fd=-1, family=2, type=1, proto=6>"}
+        for _ in range(20):
+            asyncio.get_running_loop().call_exception_handler(context)
+        assert relay.wake.is_set() and "no longer available" in relay.accept_error
+        await relay.shutdown(0)
+    with caplog.at_level(logging.INFO):
+        run(main())
+    lines = records(caplog, "loop-error")
+    assert len(lines) == 3 and not any(r.exc_info for r in lines)
+    assert lines[0].fields == {"message": "Accept failed on a socket",
+                               "error": "The specified network name is no longer available"}
+
+
+def test_the_loop_library_logs_in_the_relays_format():
+    import io
+    from relay import logs
+    out = io.StringIO()
+    logs.setup("info", "text", stream=out)
+    try:
+        logging.getLogger("asyncio").warning("socket.send() raised exception.")
+        logging.getLogger("asyncio").debug("a debug line the relay does not want")
+    finally:
+        for name in ("relay", "asyncio"):
+            logging.getLogger(name).handlers[:] = []
+            logging.getLogger(name).propagate = True
+        logging.getLogger("asyncio").setLevel(logging.NOTSET)
+    (line,) = out.getvalue().splitlines()
+    assert line.split()[2:] == ["WARNING", "socket.send()", "raised", "exception."]
