@@ -12,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from . import control, discovery, hostnet, logs, native_pump, registry, sockopts, tws
 from .config import (Config, ConfigError, Endpoint, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint,
                      reaches, self_target)
+from .error_words import describe
 from .logs import RateLimit, event
 from .pump import Splice
 
@@ -255,14 +256,8 @@ class RouteServer:
         if isinstance(err, ConnectionRefusedError):
             self.check_due = 0.0         # check now instead of at the next interval
             self.on_target_failure()
-        if isinstance(err, asyncio.TimeoutError):
-            reason = "timed out"
-        elif getattr(err, "errno", None):
-            reason = os.strerror(err.errno)   # asyncio's own text hides it ("Connect call failed")
-        else:
-            reason = str(err) or type(err).__name__
         event(log, logging.WARNING, "upstream-failed", route=self.route.name, peer=splice.peer,
-              target=str(self.route.target), error=reason,
+              target=str(self.route.target), error=describe(err),
               hint="is TWS / IB Gateway running with the API enabled on that port?")
 
     def tws_event(self, splice: Splice, ev: object) -> None:
@@ -434,7 +429,7 @@ class Relay:
         ok, suppressed = self.loop_errors.allow(repr(kind))
         if not ok:
             return
-        fields = {"message": message[:200], "error": _error_words(exc) if exc else None}
+        fields = {"message": message[:200], "error": describe(exc) if exc else None}
         if suppressed:
             fields["suppressed"] = suppressed
         bug = exc is not None and not isinstance(exc, OSError)   # keep the traceback of what is not the network's
@@ -729,10 +724,6 @@ class Relay:
         # CancelledError as an exception nobody retrieves, and asyncio prints it as a traceback
         for r in self.routes:
             await r.idle.wait()
-
-
-def _error_words(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 async def check_target(target, how: str, timeout: float = 1.0) -> str:

@@ -13,13 +13,13 @@ Rules (after asyncssh's forwarder):
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Callable, List, Optional
 
 from . import native_pump, tws
+from .error_words import describe
 
 if TYPE_CHECKING:   # pragma: no cover
     from .listener import RouteServer
@@ -38,14 +38,6 @@ MAX_BUFFERED_PER_CONNECTION = 2 * (HIGH_WATER + READ_CHUNK) + HOLD_LIMIT + READ_
 HANDOVER_RETRY = 0.1
 
 log = logging.getLogger("relay")
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionResetError):
-        return "reset"
-    if isinstance(exc, TimeoutError) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
-        return "timed out"   # keepalive or user timeout gave up on a silent peer
-    return getattr(exc, "strerror", None) or type(exc).__name__
 
 
 class Leg(asyncio.Protocol):
@@ -301,7 +293,7 @@ class Splice:
         self.client.lost = self.upstream.lost = True
         if self.closed_by is None:
             side = native_pump.ENDED_BY[by]
-            self.closed_by = f"{side} ({_why(OSError(err, os.strerror(err)))})" if err else side
+            self.closed_by = f"{side} ({describe(OSError(err, os.strerror(err)))})" if err else side
         self._finish()
 
     def ending(self) -> bool:
@@ -358,7 +350,7 @@ class Splice:
             leg.transport.write_eof()
         except (OSError, RuntimeError) as e:
             if self.closed_by is None:
-                self.closed_by = f"{leg.side} ({_why(e)})"
+                self.closed_by = f"{leg.side} ({describe(e)})"
             leg.transport.abort()
 
     def eof_from(self, leg: Leg) -> None:
@@ -369,7 +361,7 @@ class Splice:
 
     def leg_lost(self, leg: Leg, exc: Optional[BaseException]) -> None:
         if self.closed_by is None:
-            self.closed_by = leg.side if exc is None else f"{leg.side} ({_why(exc)})"
+            self.closed_by = leg.side if exc is None else f"{leg.side} ({describe(exc)})"
         peer = leg.peer
         if peer.transport is not None and not peer.lost:
             self._close_leg(peer)

@@ -30,7 +30,7 @@ if ($PSCmdlet.ShouldProcess($RuleName, "allow inbound TCP $($Ports -join ',') fr
 }
 
 # A Block rule (often left by a dismissed "allow python.exe?" prompt) beats any Allow rule.
-$blocking = Get-NetFirewallApplicationFilter | Where-Object { $_.Program -match '(python|pythonw|relay)\.exe$' } |
+$blocking = Get-NetFirewallApplicationFilter | Where-Object { $_.Program -match '(^|\\)(python|pythonw|relay|relayw)\.exe$' } |
   Get-NetFirewallRule | Where-Object { $_.Action -eq 'Block' -and $_.Direction -eq 'Inbound' -and $_.Enabled -eq 'True' }
 foreach ($rule in $blocking) {
   Write-Warning "Block rule '$($rule.DisplayName)' defeats the Allow rule. Remove it: Remove-NetFirewallRule -Name '$($rule.Name)'"
