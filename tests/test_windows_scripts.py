@@ -46,3 +46,40 @@ def test_venv_cmd_quotes_a_python_path_and_prefers_the_python_on_path():
     py_launcher = next(i for i, line in enumerate(lines) if "where py" in line)
     assert first_python < py_launcher                   # setup-python's interpreter wins over py -3
     assert "\r\n" in text and "\n" not in text.replace("\r\n", "")     # cmd.exe misreads labels in LF files
+
+
+def test_the_logon_task_runs_at_normal_priority_with_a_valid_restart_count():
+    text = script("windows", "install-logon-task.ps1")
+    (settings,) = re.findall(r"New-ScheduledTaskSettingsSet[^\n]*(?:`\r?\n[^\n]*)*", text)
+    assert 4 <= int(re.search(r"-Priority (\d+)", settings).group(1)) <= 6    # 7, the default, is BELOW_NORMAL
+    assert 1 <= int(re.search(r"-RestartCount (\d+)", settings).group(1)) <= 255   # MS-TSCH: 1-255
+
+
+def test_nothing_claims_the_task_restarts_a_relay_that_exits():
+    """RestartOnFailure retries a task that fails to start, not a program that exits later."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    for text in (readme, script("windows", "install-logon-task.ps1")):
+        assert not re.search(r"restart(s|ed)? (it )?if it ever exits", " ".join(text.split()), re.IGNORECASE)
+
+
+def test_the_task_scripts_find_the_relay_in_the_checkouts_venv_before_path():
+    for name, exe in (("install-logon-task.ps1", "relayw.exe"), ("remove-logon-task.ps1", "relay.exe")):
+        text = script("windows", name)
+        beside = text.index(f'Join-Path $PSScriptRoot "{exe}"')
+        venv = text.index(f'Join-Path $PSScriptRoot "..\\..\\.venv\\Scripts\\{exe}"')
+        path = text.index(f"Get-Command {exe}")
+        assert beside < venv < path, name
+
+
+def test_remove_runs_relay_stop_without_a_terminating_stderr_under_powershell_5():
+    """With $ErrorActionPreference = "Stop", Windows PowerShell 5.1 turns a native command's stderr
+    (redirected or not) into a terminating error (PowerShell#4002): the removal would stop there."""
+    lines = script("windows", "remove-logon-task.ps1").splitlines()
+    native = [i for i, line in enumerate(lines) if line.lstrip().startswith("& ")]
+    assert native and "2>$null" not in "\n".join(lines)
+    for i in native:
+        preference = [line for line in lines[:i] if "$ErrorActionPreference =" in line][-1]
+        assert '"Continue"' in preference, lines[i]
+    unregister = next(i for i, line in enumerate(lines) if "Unregister-ScheduledTask" in line)
+    assert all(i < unregister for i in native)
