@@ -47,6 +47,9 @@ PUMP_THREADS = NumberOrWord("N|auto", {"auto": 0}, 1, cfg.MAX_PUMP_THREADS, "a n
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
+    from . import logs
+    if not logs.has_console():      # the logon task's relayw: nobody would ever see it
+        logs.record_start_failure(message)
     click.echo(f"relay: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
 
@@ -523,7 +526,7 @@ async def _probe_tws_ports(host: str, timeout: float):
 def status(port, as_json) -> None:
     """Show the running relays' routes, their state, and open connections with their real peers."""
     import json
-    from . import doctor, registry
+    from . import doctor, logs, registry
     if port is None:
         docs = asyncio.run(doctor.running_relays([STATUS_PORT]))
     else:
@@ -532,6 +535,9 @@ def status(port, as_json) -> None:
         where = f"127.0.0.1:{port}" if port else f"{registry.default_dir()} or 127.0.0.1:{STATUS_PORT}"
         click.echo(f"relay: no running relay found (looked in {where}); is it running, with its status "
                    f"answer on (status_port)?", err=True)
+        failed = logs.last_start_failure(logs.default_log_file(sys.platform, os.environ))
+        if failed:
+            click.echo(f"relay: the last start without a console failed: {failed}", err=True)
         sys.exit(EXIT_FAIL)
     if as_json:
         click.echo(json.dumps({"relays": docs}, indent=2))

@@ -10,7 +10,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
 import yaml
@@ -470,7 +470,19 @@ def load(path: Union[str, os.PathLike]) -> Config:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ConfigError(f"not UTF-8 text (byte {e.start})", "", source) from None
-    return parse(text, source)
+    config = parse(text, source)
+    log_file = config.settings.log_file
+    if log_file and log_file != "off":
+        config = replace(config, settings=replace(config.settings, log_file=beside(log_file, os.path.abspath(source))))
+    return config
+
+
+def beside(value: str, config_path: str, path=os.path) -> str:
+    """A path written in relay.yaml, with ~ and variables expanded; a relative one is relative to the
+    file's folder, not the working folder (a logon task starts in System32). `path`: os.path, or
+    ntpath / posixpath for another platform's paths."""
+    value = path.expanduser(path.expandvars(value))
+    return value if path.isabs(value) else path.normpath(path.join(path.dirname(config_path), value))
 
 
 def config_candidates(explicit: Optional[str], cwd: str, platform: str, env: dict) -> list:

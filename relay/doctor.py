@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from . import config as cfg, hostnet, registry, tws
+from . import config as cfg, hostnet, logs, registry, tws
 from .wsl import discover as wsl
 from .discovery import DEFAULT_PORT as DISCOVERY_PORT, fetch_status, target_up
 
@@ -200,8 +200,11 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
         checks.append(Check("relay running", WARN, f"no running relay serves {mine}; running: {others}",
                             f"start one with `relay --config {mine}`, or check that config instead"))
     else:
-        checks.append(Check("relay running", INFO, "no running relay found",
-                            "start it with `relay` (or the logon task)"))
+        failed = logs.last_start_failure(logs.default_log_file(platform, os.environ))
+        checks.append(Check("relay running", FAIL, f"its last start failed: {failed}",
+                            "fix what it says, then start it again (the logon task: Start-ScheduledTask tws-relay)")
+                      if failed else Check("relay running", INFO, "no running relay found",
+                                           "start it with `relay` (or the logon task)"))
 
     if_addrs, if_stats = hostnet.interfaces(), hostnet.interface_stats()
     wanted = sorted({r.interface for r in config.routes if r.interface})

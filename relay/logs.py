@@ -55,6 +55,46 @@ OFF = "off"                       # log.file: false -- never a file, even withou
 current_file: Optional[str] = None   # where this process logs, for the status answer and its record
 
 
+class RotatingLog(logging.handlers.RotatingFileHandler):
+    """A rotating log file whose failed rollover loses no line. On Windows the rename fails while
+    another process has the file open (WinError 32: a second relay sharing the default file, an
+    editor); the stock handler then drops that record and every later one. Here it keeps writing to
+    the current file, says so once in the log, and tries again after `retry` seconds."""
+
+    retry = 60.0
+
+    def __init__(self, *args, clock=time.monotonic, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.clock = clock
+        self.next_try = 0.0
+        self.failing = False
+
+    def shouldRollover(self, record: logging.LogRecord) -> bool:
+        return self.clock() >= self.next_try and bool(super().shouldRollover(record))
+
+    def doRollover(self) -> None:
+        try:
+            super().doRollover()
+        except OSError as e:
+            self.next_try = self.clock() + self.retry
+            if self.stream is None:
+                self.stream = self._open()      # the same file, appended to
+            if not self.failing:
+                self.failing = True
+                self._note(logging.WARNING, "log-rotation-failed", error=e.strerror or str(e),
+                           note=f"still writing to this file; trying again every {self.retry:g} s")
+            return
+        if self.failing:
+            self.failing = False
+            self._note(logging.INFO, "log-rotated", note="after failed tries")
+
+    def _note(self, level: int, name: str, **fields) -> None:
+        """A line of its own, written straight to the file: the logging module cannot be re-entered here."""
+        record = logging.LogRecord("relay", level, __file__, 0, name, None, None)
+        record.fields = fields
+        self.stream.write(self.format(record) + self.terminator)
+
+
 class LogFileError(Exception):
     """The log file cannot be opened; the message names it and says why."""
 
@@ -112,8 +152,7 @@ def setup(level: str = "info", fmt: str = "text", stream: Optional[TextIO] = Non
         try:
             folder = os.path.dirname(os.path.abspath(file))
             os.makedirs(folder, exist_ok=True)
-            handlers.append(logging.handlers.RotatingFileHandler(file, maxBytes=max_bytes, backupCount=backups,
-                                                                 encoding="utf-8"))
+            handlers.append(RotatingLog(file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"))
         except OSError as e:
             raise LogFileError(f"cannot open the log file {file}: {e.strerror or e}") from None
     for h in handlers:
@@ -131,6 +170,42 @@ def setup(level: str = "info", fmt: str = "text", stream: Optional[TextIO] = Non
     loop_log.setLevel(max(LEVELS[level], logging.WARNING))
     loop_log.propagate = False
     current_file = os.path.abspath(file) if file else None
+
+
+START_FAILED = "cannot-start"
+
+
+def record_start_failure(message: str, platform: str = sys.platform, env: Mapping[str, str] = os.environ) -> Optional[str]:
+    """With no console, an error before logging is set up (a bad relay.yaml, an unopenable log file)
+    would vanish and the logon task would just exit 2: append it to the default log file as one
+    line in the log's format. The file, or None if there is none or it cannot be written."""
+    path = default_log_file(platform, env)
+    if not path:
+        return None
+    record = logging.LogRecord("relay", logging.ERROR, __file__, 0, START_FAILED, None, None)
+    record.fields = {"error": message, "pid": os.getpid()}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(TextFormatter().format(record) + "\n")
+    except OSError:
+        return None
+    return path
+
+
+def last_start_failure(path: Optional[str]) -> Optional[str]:
+    """The log's last line if the last start in it failed (a cannot-start line after the last
+    'starting' one), else None."""
+    try:
+        lines, _ = tail(path, 200) if path else ([], 0)
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if f" {START_FAILED} " in line:
+            return line
+        if " starting " in line or " stopped " in line:
+            return None
+    return None
 
 
 class RateLimit:
@@ -174,30 +249,48 @@ def tail(path: str, count: int, block: int = 64 * 1024) -> Tuple[List[str], int]
 
 def follow(path: str, offset: int = 0, poll: float = 0.25, stop=lambda: False):
     """Lines of a log file from `offset` on, as they are written, across rotations (the file
-    renamed to .1 and a new one started). Ends when `stop()` says so."""
-    f = open(path, "rb")
-    ident = os.fstat(f.fileno())
-    f.seek(offset if offset <= ident.st_size else 0)     # rotated since the offset: a new file
-    pending = b""
-    try:
-        while not stop():
-            chunk = f.read()
-            if chunk:
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    yield line.decode("utf-8", "replace")
-                continue
-            try:
-                now = os.stat(path)
-            except FileNotFoundError:
-                now = None
-            if now is not None and ((now.st_ino, now.st_dev) != (ident.st_ino, ident.st_dev)
-                                    or now.st_size < f.tell()):
-                f.close()                 # rotated: read the new file from its start
-                f = open(path, "rb")
-                ident = os.fstat(f.fileno())
-                continue
+    renamed to .1 and a new one started). Ends when `stop()` says so. It holds the file open only
+    while it reads: on Windows a file that another process has open cannot be renamed, and the
+    relay's rollover must never wait for a reader."""
+    ident, pending = None, b""
+    while not stop():
+        chunk, ident, offset = _read_on(path, ident, offset)
+        if not chunk:
             time.sleep(poll)
-    finally:
-        f.close()
+            continue
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+
+
+def _read_on(path: str, ident, offset: int):
+    """(bytes written since `offset`, the file's identity, the new offset), opening and closing it.
+    If it was rotated since the last read, the rest of the old file (now PATH.1) comes first."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            now = (st.st_ino, st.st_dev)
+            rest = b""
+            if ident is None:
+                f.seek(offset if offset <= st.st_size else 0)     # rotated since the offset: a new file
+            elif now != ident or st.st_size < offset:
+                rest = _rest_of(path + ".1", ident, offset)
+            else:
+                f.seek(offset)
+            data = rest + f.read()
+            return data, now, f.tell()
+    except FileNotFoundError:
+        return b"", ident, offset
+
+
+def _rest_of(path: str, ident, offset: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if (st.st_ino, st.st_dev) != ident:
+                return b""
+            f.seek(offset)
+            return f.read()
+    except FileNotFoundError:
+        return b""
