@@ -112,34 +112,99 @@ def classify_owner(process_name: str, services: Optional[List[str]] = None) -> T
     return f"{process_name}, not TWS or IB Gateway", False
 
 
+def console_text(data: bytes, codepage: Optional[int]) -> str:
+    """A console program's output (netsh, ipconfig) in the console's OEM code page (cp437, cp850,
+    cp932, ...), not the ANSI one Python's text mode would use. Never raises: what does not decode
+    becomes U+FFFD."""
+    try:
+        return data.decode(f"cp{codepage}" if codepage else "ascii", errors="replace")
+    except LookupError:          # a code page Python has no codec for
+        return data.decode("latin-1")
+
+
+def wslconfig_mode(text: Optional[str]) -> Optional[str]:
+    """networkingMode from %UserProfile%\\.wslconfig ([wsl2] section), lower case; None if unset.
+    Only a hint: WSL falls back to NAT where mirrored mode is not supported."""
+    section = ""
+    for line in (text or "").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+        elif section == "wsl2" and "=" in line:
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "networkingmode":
+                return value.strip().strip('"').lower() or None
+    return None
+
+
+def adapter_checks(wanted: List[str], if_addrs: dict, if_stats: dict, platform: str,
+                   wsl_mode: Optional[str]) -> List[Check]:
+    """The adapters routes listen on (`wanted`); on Windows with none wanted, the WSL adapter for
+    information only: routes on fixed addresses do not need it, and mirrored mode has none."""
+    checks = []
+    mirrored = wsl_mode == "mirrored"
+    for name in wanted or (["wsl"] if platform == "win32" else []):
+        a = hostnet.find_adapter(name, if_addrs, if_stats)
+        label = "WSL adapter" if name == "wsl" else f"adapter {name!r}"
+        if a is not None:
+            checks.append(Check(label, PASS, f"{a.name}: {a.address} ({a.network})"))
+        elif not wanted:
+            checks.append(Check(label, INFO, "not found (WSL not running, or in mirrored mode); the routes listen on "
+                                             "fixed addresses and do not need it"))
+        elif name == "wsl" and mirrored:
+            checks.append(Check(label, WARN, "not found, and .wslconfig asks for mirrored networking, which has no "
+                                             "WSL adapter",
+                                "in mirrored mode bots reach TWS at 127.0.0.1 without a relay (`relay wsl "
+                                "discover` tells); if WSL fell back to NAT, start WSL and its adapter appears"))
+        else:
+            checks.append(Check(label, FAIL, "not found, or it has no IPv4 address",
+                                "start WSL (e.g. `wsl.exe -e true`): its adapter exists only once WSL runs"))
+    return checks
+
+
 def firewall_rule(ports: List[int]) -> str:
     return wsl.FIREWALL_RULE.format(ports=",".join(str(p) for p in sorted(set(ports))))
 
 
 # ------------------------------------------------------------------------------ checks
 
-def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
+def _oem_codepage() -> Optional[int]:
+    try:
+        import ctypes
+        k = ctypes.windll.kernel32     # type: ignore[attr-defined]
+        return k.GetConsoleOutputCP() or k.GetOEMCP()   # 0 without a console (relayw)
+    except (AttributeError, OSError):
+        return None
+
+
+def _netsh(*args: str) -> Optional[str]:
     exe = shutil.which("netsh")
     if not exe:
         return None
     try:
-        out = subprocess.run([exe, "int", "ipv4", "show", "excludedportrange", "protocol=tcp"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run([exe, *args], capture_output=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    return parse_excluded_ranges(out)
+    return console_text(out, _oem_codepage())
+
+
+def _netsh_ranges() -> Optional[List[Tuple[int, int]]]:
+    out = _netsh("int", "ipv4", "show", "excludedportrange", "protocol=tcp")
+    return None if out is None else parse_excluded_ranges(out)
 
 
 def _netsh_portproxy() -> Optional[List[PortProxy]]:
-    exe = shutil.which("netsh")
-    if not exe:
-        return None
+    out = _netsh("interface", "portproxy", "show", "all")
+    return None if out is None else parse_portproxy(out)
+
+
+def _wslconfig_mode(env=os.environ) -> Optional[str]:
+    home = env.get("USERPROFILE")
     try:
-        out = subprocess.run([exe, "interface", "portproxy", "show", "all"], capture_output=True, text=True,
-                             timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
+        with open(os.path.join(home, ".wslconfig"), encoding="utf-8-sig", errors="replace") as f:
+            return wslconfig_mode(f.read(64 * 1024))
+    except (OSError, TypeError):
         return None
-    return parse_portproxy(out)
 
 
 def _windows_services() -> Dict[int, List[str]]:
@@ -206,17 +271,9 @@ async def host_checks(config_path: Optional[str], platform: str = sys.platform) 
                       if failed else Check("relay running", INFO, "no running relay found",
                                            "start it with `relay` (or the logon task)"))
 
-    if_addrs, if_stats = hostnet.interfaces(), hostnet.interface_stats()
     wanted = sorted({r.interface for r in config.routes if r.interface})
-    if platform == "win32" or wanted:
-        for name in wanted or ["wsl"]:
-            a = hostnet.find_adapter(name, if_addrs, if_stats)
-            label = "WSL adapter" if name == "wsl" else f"adapter {name!r}"
-            if a is None:
-                checks.append(Check(label, FAIL, "not found, or it has no IPv4 address",
-                                    "start WSL (e.g. `wsl.exe -e true`): its adapter exists only once WSL runs"))
-            else:
-                checks.append(Check(label, PASS, f"{a.name}: {a.address} ({a.network})"))
+    checks += adapter_checks(wanted, hostnet.interfaces(), hostnet.interface_stats(), platform,
+                             _wslconfig_mode() if platform == "win32" else None)
 
     ranges = _netsh_ranges() if platform == "win32" else None
     relay_ports = [r.listen.port for r in config.routes] + ([s.discovery_port] if s.discovery_port else [])

@@ -1,4 +1,5 @@
 """`relay doctor` and `relay status`: pure parsers on recorded Windows output; the commands on loopback."""
+import collections
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, strategies as st
 
 from helpers import Proc, bot_session, free_port, write_config
 from relay import doctor, native_pump
@@ -200,3 +202,94 @@ def test_doctor_calls_a_wedged_tws_wedged(tmp_path):
             relay.kill()
     finally:
         silent.kill()
+
+
+# -- Windows output and adapters, as recorded there
+
+NETSH_RANGES_DE = """
+Protokoll tcp Portausschlussbereiche
+
+Startport    Endport
+----------    --------
+      5357        5357
+      7444        7543
+     50000       50059     *
+
+* - Verwaltete Portausschlüsse.
+
+"""
+NETSH_RANGES_JA = """
+プロトコル tcp ポート除外範囲
+
+開始ポート    終了ポート
+----------    --------
+      7444        7543
+     50000       50059     *
+
+* - 管理されているポートの除外。
+"""
+NETSH_PORTPROXY_JA = """
+ipv4 をリッスンする:         ipv4 に接続する:
+
+アドレス        ポート      アドレス        ポート
+--------------- ----------  --------------- ----------
+0.0.0.0         7497        172.24.32.1     7497
+"""
+
+
+@pytest.mark.parametrize("text, codepage", [(NETSH_RANGES_DE, 850), (NETSH_RANGES_JA, 932)])
+def test_netsh_output_in_the_consoles_code_page_is_read(text, codepage):
+    data = text.encode(f"cp{codepage}")
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("cp1252" if codepage == 850 else "utf-8")      # what text mode would have done
+    ranges = doctor.parse_excluded_ranges(doctor.console_text(data, codepage))
+    assert (7444, 7543) in ranges and (50000, 50059) in ranges
+
+
+def test_portproxy_rules_read_from_a_japanese_console():
+    out = doctor.console_text(NETSH_PORTPROXY_JA.encode("cp932"), 932)
+    assert doctor.parse_portproxy(out) == [doctor.PortProxy("0.0.0.0", 7497, "172.24.32.1", 7497)]
+
+
+@given(st.binary(max_size=400), st.sampled_from([None, 437, 850, 932, 65001, 1252, 99999]))
+def test_console_output_never_raises_whatever_its_bytes(data, codepage):
+    text = doctor.console_text(data, codepage)
+    doctor.parse_excluded_ranges(text)
+    doctor.parse_portproxy(text)
+
+
+@pytest.mark.parametrize("text, mode", [
+    ("[wsl2]\nnetworkingMode=mirrored\n", "mirrored"),
+    ("[wsl2]\r\nmemory=8GB\r\nNetworkingMode = Mirrored # since 22H2\r\n", "mirrored"),
+    ("[wsl2]\nnetworkingMode=NAT\n", "nat"),
+    ("[experimental]\nnetworkingMode=mirrored\n", None),          # read only from [wsl2]
+    ("", None),
+    (None, None),
+])
+def test_wslconfig_networking_mode(text, mode):
+    assert doctor.wslconfig_mode(text) == mode
+
+
+Addr = collections.namedtuple("snicaddr", "family address netmask broadcast ptp")
+MIRRORED = {"Ethernet": [Addr(socket.AF_INET, "192.168.1.20", "255.255.255.0", None, None)],
+            "vEthernet (Default Switch)": [Addr(socket.AF_INET, "172.29.64.1", "255.255.240.0", None, None)],
+            "Loopback Pseudo-Interface 1": [Addr(socket.AF_INET, "127.0.0.1", "255.0.0.0", None, None)]}
+NAT = {**MIRRORED, "vEthernet (WSL (Hyper-V firewall))": [Addr(socket.AF_INET, "172.24.32.1", "255.255.240.0",
+                                                                None, None)]}
+
+
+@pytest.mark.parametrize("wanted, if_addrs, mode, expected", [
+    ([], MIRRORED, "mirrored", doctor.INFO),        # fixed-address routes: no adapter needed, no FAIL
+    ([], MIRRORED, None, doctor.INFO),
+    (["wsl"], MIRRORED, "mirrored", doctor.WARN),   # wsl: routes in mirrored mode never get an address
+    (["wsl"], MIRRORED, "nat", doctor.FAIL),        # WSL not started yet
+    (["wsl"], NAT, None, doctor.PASS),
+    ([], NAT, None, doctor.PASS),
+])
+def test_the_wsl_adapter_check_fails_only_where_a_route_needs_it(wanted, if_addrs, mode, expected):
+    (check,) = doctor.adapter_checks(wanted, if_addrs, {}, "win32", mode)
+    assert check.status == expected, check
+
+
+def test_no_adapter_check_on_linux_for_fixed_routes():
+    assert doctor.adapter_checks([], NAT, {}, "linux", None) == []
