@@ -100,7 +100,8 @@ ERROR = 4
 NEXT_VALID_ID = 9
 MANAGED_ACCOUNTS = 15
 CLIENT_ID_IN_USE = 326
-LIMIT = 64 * 1024         # bytes the watch reads from each side of a session, at most
+LIMIT = 16 * 1024         # bytes the watch reads from each side of a session, at most: an opening settles
+                          # in a few hundred; every byte before the hand-over goes through Python
 WATCH_TIMEOUT = 10.0      # seconds the watch may last before the session is relayed unread
 REPLY_TIMEOUT = 3.0       # seconds TWS gets to answer a hello before it counts as wedged
 

@@ -137,3 +137,37 @@ def test_error_326_from_the_relay_decodes_as_326_in_every_form(tmp_path, caplog,
     assert clash["action"] == f"answered with error 326 ({t.error_form(version)}) and closed"
     refused = [r.fields for r in caplog.records if r.getMessage() == "api-ready"]
     assert len(refused) == 1        # the holder was accepted; the newcomer never reached TWS's answer
+
+
+@pytest.mark.parametrize("answer", ["reset", "tws-error"])
+def test_ib_async_waits_its_timeout_on_an_accepted_connection_whatever_follows(run, answer):
+    """Why a route stops listening while TWS is down (a refused connect fails ib_async at once), and
+    why accepting and then resetting, or answering with TWS's own error, is no fast failure on
+    Windows, where stealth mode leaves a closed port silent (README, 'failing fast')."""
+    ib_async = pytest.importorskip("ib_async")
+    import socket
+    import struct
+    from relay import tws
+
+    async def main():
+        async def serve(reader, writer):
+            if answer == "reset":
+                writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            await reader.readexactly(4)
+            await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
+            writer.write(tws.fields_message(176, "20261206 10:00:00 EST") +
+                         tws.error_message(176, 502, "Couldn't connect to TWS. Confirm that API is enabled", now_ms=0))
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        ib = ib_async.IB()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await ib.connectAsync("127.0.0.1", server.sockets[0].getsockname()[1], clientId=1, timeout=1)
+        waited = loop.time() - t0
+        server.close()
+        return waited
+    assert run(main()) >= 0.9
