@@ -466,6 +466,12 @@ class Relay:
             event(log, logging.WARNING, "control-off", error=e.strerror or str(e),
                   note="`relay kick` cannot reach this relay")
         self.record = registry.register(self.registry_record(), self.run_dir)
+        folder = self.run_dir or registry.default_dir()
+        if self.control.server is not None and not registry.private(folder):
+            event(log, logging.WARNING, "control-off", folder=folder,
+                  error="the run folder is not private to this user, so the control secret is not written there",
+                  note="`relay kick` and `relay stop` cannot reach this relay; point TWS_RELAY_RUN_DIR at a folder "
+                       "only you can read (on Windows, inside %LOCALAPPDATA%)")
         asyncio.get_running_loop().set_exception_handler(self.on_loop_error)
         await self.tick()            # the first look happens before serving starts in earnest
         self.supervisor = asyncio.ensure_future(self.supervise())

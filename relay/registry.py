@@ -45,16 +45,31 @@ def _started(pid: int) -> Optional[float]:
         return None
 
 
-def private(folder: str) -> bool:
-    """Only this user can read what is in `folder` (POSIX: ours, no group/other access). On
-    Windows the folder is under %LOCALAPPDATA%, which only its user can read."""
-    if not hasattr(os, "getuid"):
-        return True
+def private(folder: str, platform: str = sys.platform, env: Mapping[str, str] = os.environ) -> bool:
+    """Only this user can read what is in `folder`. POSIX: ours, no group/other access. Windows
+    (where POSIX modes prove nothing): inside %LOCALAPPDATA% or %USERPROFILE%, which their default
+    ACL keeps to the user; a folder elsewhere (TWS_RELAY_RUN_DIR=C:\\shared) counts as shared, its
+    ACL unread."""
+    if platform == "win32":
+        return inside_profile(folder, env)
     try:
         st = os.stat(folder)
     except OSError:
         return False
     return st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
+def inside_profile(folder: str, env: Mapping[str, str]) -> bool:
+    """Is a Windows path inside the user's %LOCALAPPDATA% or %USERPROFILE%? Pure."""
+    import ntpath
+    path = ntpath.normcase(ntpath.normpath(folder))
+    for key in ("LOCALAPPDATA", "USERPROFILE"):
+        base = env.get(key)
+        if base:
+            base = ntpath.normcase(ntpath.normpath(base)).rstrip("\\")
+            if path == base or path.startswith(base + "\\"):
+                return True
+    return False
 
 
 def register(record: dict, folder: Optional[str] = None) -> Optional[str]:

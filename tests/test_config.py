@@ -98,8 +98,8 @@ def test_each_problem_names_file_key_and_what_is_wrong(text, path, words):
     ("tws.example:17000", "127.0.0.1:17000", False),     # a name is not resolved here
 ])
 def test_which_targets_reach_a_listen_address(target, listen, loops):
-    t, l = cfg.parse_endpoint(target, "t", listen=False), cfg.parse_endpoint(listen, "l", listen=True)
-    assert cfg.reaches(t, l) == loops
+    to, at = cfg.parse_endpoint(target, "t", listen=False), cfg.parse_endpoint(listen, "l", listen=True)
+    assert cfg.reaches(to, at) == loops
 
 
 @pytest.mark.parametrize("routes, path, words", [

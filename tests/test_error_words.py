@@ -12,7 +12,8 @@ from relay.error_words import describe, words
 # (exception class, errno, winerror, text) as Windows raises them (CPython PC/errmap.h maps the
 # winerror to the errno; the text is the system's, localized)
 WINDOWS = [
-    ("ConnectionRefusedError", errno.EINVAL, 1225, "The remote computer refused the network connection", "Connection refused"),
+    ("ConnectionRefusedError", errno.EINVAL, 1225, "The remote computer refused the network connection",
+     "Connection refused"),
     ("ConnectionRefusedError", errno.ECONNREFUSED, 10061, "No connection could be made because the target machine "
                                                           "actively refused it", "Connection refused"),
     ("ConnectionResetError", errno.ECONNRESET, 10054, "An existing connection was forcibly closed by the remote host",

@@ -114,3 +114,26 @@ def test_relay_stop_stops_a_relay_cleanly_as_ctrl_c_does(relay_with_a_bot):
     assert "signal=\"relay stop\" action=stopping" in relay.wait_line("signal=")
     assert "connections_cut=1" in relay.wait_line(" stopped ")
     assert cli("stop").returncode == 1                   # nothing left to stop
+
+
+def test_a_relay_whose_run_folder_others_can_read_says_it_cannot_be_kicked(tmp_path, run, caplog):
+    import logging
+    from helpers import settings
+    from relay.config import Config, Endpoint, Route
+    from relay.listener import Relay
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o755)
+
+    async def main():
+        relay = Relay(Config((Route("a", Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 9)),), settings()),
+                      if_addrs={}, run_dir=str(shared))
+        await relay.start()
+        doc = json.load(open(relay.record))
+        await relay.shutdown(0)
+        return doc
+    with caplog.at_level(logging.INFO, logger="relay"):
+        doc = run(main())
+    assert "control_token" not in doc and doc["control_port"] is None
+    (line,) = [r for r in caplog.records if r.getMessage() == "control-off"]
+    assert line.fields["folder"] == str(shared) and "not private" in line.fields["error"]

@@ -142,7 +142,7 @@ def test_a_start_that_fails_with_no_console_leaves_its_reason_in_the_default_log
     r = start_without_a_console(["serve", "--config", str(conf)], env, cwd="/")
     assert r.returncode == 2
     (line,) = (tmp_path / "state" / "relay" / "relay.log").read_text().splitlines()
-    assert " ERROR   cannot-start error=" in line and words in line and f"pid=" in line
+    assert " ERROR   cannot-start error=" in line and words in line and "pid=" in line
     status = subprocess.run(RELAY + ["status", "--port", str(free_port())], capture_output=True, text=True,
                             timeout=30, env=env)
     assert status.returncode == 1 and "the last start without a console failed" in status.stderr and words in status.stderr

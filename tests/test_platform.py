@@ -207,3 +207,22 @@ def test_psutil_names_adapters_by_their_friendly_names():
     import psutil
     names_ = list(psutil.net_if_addrs())
     assert any("Loopback Pseudo-Interface" in n for n in names_), names_
+
+
+WINDOWS_ENV = {"LOCALAPPDATA": "C:\\Users\\me\\AppData\\Local", "USERPROFILE": "C:\\Users\\me"}
+
+
+@pytest.mark.parametrize("folder, private", [
+    ("C:\\Users\\me\\AppData\\Local\\relay\\run", True),         # the default
+    ("c:\\users\\ME\\appdata\\local\\relay\\run", True),         # Windows paths ignore case
+    ("C:\\Users\\me\\relay-run", True),
+    ("C:\\Users\\me\\AppData\\LocalLow\\relay", True),           # still inside the profile
+    ("C:\\Users\\me2\\relay", False),                            # a prefix, not a parent
+    ("C:\\relay-run", False),
+    ("C:\\ProgramData\\relay", False),
+    ("\\\\server\\share\\relay", False),
+    ("C:\\Users\\me\\..\\Public\\relay", False),                 # .. leaves the profile
+])
+def test_on_windows_only_a_run_folder_inside_the_profile_holds_the_secret(folder, private):
+    from relay import registry
+    assert registry.private(folder, "win32", WINDOWS_ENV) == private
