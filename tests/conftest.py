@@ -41,6 +41,11 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
 windows_only = pytest.mark.skipif(sys.platform != "win32", reason="Windows only: runs the real Windows call")
 
 
+def linux_only_because(why: str):
+    """A test that cannot hold elsewhere, with the reason (the README's Tests section lists them)."""
+    return pytest.mark.skipif(not sys.platform.startswith("linux"), reason=f"Linux only: {why}")
+
+
 def pytest_collection_modifyitems(config, items):
     if sys.platform.startswith("linux"):
         return

@@ -15,6 +15,9 @@ from relay.config import Config, Endpoint, Route, Settings
 from relay.listener import Relay
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+# How soon a connect to a port nobody listens on is refused on loopback: at once on Linux; Windows
+# retries the SYN for about 2 s before it reports the refusal.
+REFUSED_WITHIN = 2.5 if sys.platform == "win32" else 0.1
 
 
 class Backend:

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from hypothesis import assume, given, settings, strategies as st
 
+from conftest import linux_only_because
 from relay.wsl import envfile
 
 UPD = {"IBKR_HOST_IP": "172.24.32.1", "IBKR_PORT": "17497"}
@@ -135,6 +136,7 @@ def test_a_crash_at_any_step_leaves_old_or_new_never_a_mix(tmp_path_factory, old
     assert leftovers == []
 
 
+@linux_only_because("POSIX file modes: on Windows chmod only toggles read-only")
 def test_backup_keeps_previous_version_and_mode(tmp_path):
     path = tmp_path / ".env"
     path.write_text(SEED_ENV)

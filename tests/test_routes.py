@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from conftest import linux_only_because
 from helpers import (Backend, address, echo, open_fds, read_all, records, reset, sockets_here, start_relay,
                      tcp_states, wait_for)
 from relay.config import Endpoint
@@ -268,6 +269,8 @@ def test_shutdown_lets_finishing_connections_end_and_cuts_the_rest(run):
     run(main())
 
 
+@linux_only_because("reads the relay's sockets from /proc/self/fd and Linux's TCP_KEEPIDLE / TCP_USER_TIMEOUT "
+                    "(Windows sets keepalive through SIO_KEEPALIVE_VALS and TCP_MAXRT: test_platform's plan tests)")
 def test_both_legs_get_nodelay_keepalive_and_user_timeout(run):
     """Read the options back from the relay's real sockets (on Linux the client leg inherits them
     from the listener; this proves it)."""
