@@ -279,7 +279,9 @@ def test_a_listener_destroyed_under_the_relay_is_said_once_and_bound_again(run, 
                            and route.state == "listening", timeout=5, what="the route listening again")
             assert (await attempt(port))[0] == "ok"
         else:
-            await wait_for(lambda: records(caplog, f"{which}-listener-lost"), timeout=5, what="the lost line")
+            await wait_for(lambda: records(caplog, f"{which}-listener-lost") and server.server is not None
+                           and hostnet.listener_problem(server.server) is None, timeout=5,
+                           what="the lost line, then listening again")
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             if which == "control":
                 writer.write(b"{}\n")                           # answered with a refusal
