@@ -1,5 +1,5 @@
 """Smoke test of a built relay executable: a real loopback splice through it, then a clean stop.
-    python scripts/smoke_exe.py dist/relay[.exe]
+    python scripts/smoke_exe.py dist/tws-relay/relay[.exe]
 Runs on Linux and on Windows (where the stop is Ctrl+Break to the executable's own process group)."""
 import os
 import signal
@@ -49,10 +49,16 @@ def main(exe: str) -> int:
         assert got == payload, "bytes through the executable differ"
         if sys.platform.startswith("linux") and os.environ.get("CI"):   # CI builds the native pump
             assert "pump=native" in lines[0], lines[0]
+        # the loop the build decided on, said in the first line: Proactor on Windows, uvloop elsewhere
+        loop = "loop=asyncio" if windows else "loop=uvloop"
+        assert loop in lines[0], lines[0]
+        # one process: a onefile build's bootloader would have the real relay as its child
+        import psutil
+        assert psutil.Process(relay.pid).children() == [], "the executable runs as more than one process"
         relay.send_signal(signal.CTRL_BREAK_EVENT if windows else signal.SIGINT)
         out, _ = relay.communicate(timeout=20)
         assert relay.returncode == 0 and " stopped " in out, "".join(lines) + out
-        print(f"smoke: 1 MiB spliced through {exe} byte for byte, stopped cleanly")
+        print(f"smoke: 1 MiB spliced through {exe} byte for byte, one process, {loop}, stopped cleanly")
         return 0
     finally:
         relay.kill()
