@@ -34,7 +34,7 @@ def test_each_platform_runs_its_readme_commands_and_nothing_hidden():
         assert "scripts/install" in runs[name] and "scripts/test" in runs[name]
     assert "scripts\\install.cmd" in runs["windows"] and "scripts\\test.cmd" in runs["windows"]
     assert "pip install winloop" in runs["windows"]                      # the suite under winloop too
-    assert "smoke_exe.py dist\\relay.exe" in runs["windows"] and "relayw.exe" in runs["windows"]
+    assert "smoke_exe.py dist\\tws-relay\\relay.exe" in runs["windows"] and "relayw.exe" in runs["windows"]
     assert "Invoke-ScriptAnalyzer" in runs["windows"] and "-WhatIf" in runs["windows"]
     for job in j.values():       # the only actions used fetch the code and Python; the rest is commands
         for step in job["steps"]:
