@@ -143,7 +143,7 @@ def test_error_326_from_the_relay_decodes_as_326_in_every_form(tmp_path, caplog,
 def test_ib_async_waits_its_timeout_on_an_accepted_connection_whatever_follows(run, answer):
     """Why a route stops listening while TWS is down (a refused connect fails ib_async at once), and
     why accepting and then resetting, or answering with TWS's own error, is no fast failure on
-    Windows, where stealth mode leaves a closed port silent (README, 'failing fast')."""
+    Windows, where stealth mode leaves a closed port silent (docs/wsl.md, 'failing fast')."""
     ib_async = pytest.importorskip("ib_async")
     import socket
     import struct

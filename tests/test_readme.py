@@ -78,3 +78,39 @@ def test_install_with_a_missing_interpreter_says_so(tmp_path):
     r = subprocess.run(["bash", os.path.join(ROOT, "scripts", "test")], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHON": "python3-that-does-not-exist", "RELAY_VENV": str(tmp_path / "v")})
     assert r.returncode == 1 and "'python3-that-does-not-exist' not found" in r.stderr
+
+
+def anchors(text):
+    """GitHub's anchors for a Markdown file's headings."""
+    found = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", text, re.M):
+        a = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        found.add(a)
+    return found
+
+
+def test_every_link_in_the_readme_and_docs_is_live():
+    pages = ["README.md"] + [os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                             if n.endswith(".md")]
+    broken = []
+    for page in pages:
+        text = read(page)
+        text = re.sub(r"```.*?```", "", text, flags=re.S)          # code blocks hold no links
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"^[a-z]+:", target):
+                continue                                            # an address on the web
+            path, _, frag = target.partition("#")
+            file = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(os.path.join(ROOT, file)):
+                broken.append(f"{page}: {target} (no {file})")
+            elif frag and file.endswith(".md") and frag not in anchors(read(file)):
+                broken.append(f"{page}: {target} (no heading #{frag} in {file})")
+    assert not broken, "\n".join(broken)
+
+
+def test_the_readme_is_a_front_page():
+    """What a trader reads first: short, with the depth in docs/."""
+    text = read("README.md")
+    assert len(text.encode()) <= 20 * 1024
+    for heading in ("## Two commands", "## Quick start", "## Commands", "## Safety", "## Limits", "## Documentation"):
+        assert f"\n{heading}\n" in text, heading

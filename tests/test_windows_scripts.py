@@ -57,9 +57,13 @@ def test_the_logon_task_runs_at_normal_priority_with_a_valid_restart_count():
 
 def test_nothing_claims_the_task_restarts_a_relay_that_exits():
     """RestartOnFailure retries a task that fails to start, not a program that exits later."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    for text in (readme, script("windows", "install-logon-task.ps1")):
+    folder = os.path.join(ROOT, "docs")
+    docs = [os.path.join(ROOT, "README.md")] + [os.path.join(folder, n) for n in os.listdir(folder)]
+    texts = []
+    for path in docs:
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+    for text in texts + [script("windows", "install-logon-task.ps1")]:
         assert not re.search(r"restart(s|ed)? (it )?if it ever exits", " ".join(text.split()), re.IGNORECASE)
 
 
