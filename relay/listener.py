@@ -607,9 +607,9 @@ class Relay:
         answers are followed with the routes)."""
         moved = False
         for name, server in (("status", self.status), ("control", self.control)):
-            if server is None or server.server is None or not hostnet.listener_problem(server.server):
+            error = hostnet.listener_problem(server.server) if server is not None and server.server else None
+            if error is None:
                 continue
-            error = hostnet.listener_problem(server.server)
             port = server.port
             server.close()
             try:

@@ -241,9 +241,7 @@ class Splice:
             self.client.watch = self.upstream.watch = None
             self.handshake = None
             self._cancel_reply_timer()
-            if self.watch_timer is not None:
-                self.watch_timer.cancel()
-                self.watch_timer = None
+            self._cancel_watch_timer()
             if self.phase == "hello":
                 self.phase = "relaying"
             self._settled()   # accepted, refused or unread: from here the bytes only need moving
@@ -328,6 +326,11 @@ class Splice:
             self.reply_timer.cancel()
             self.reply_timer = None
 
+    def _cancel_watch_timer(self) -> None:
+        if self.watch_timer is not None:
+            self.watch_timer.cancel()
+            self.watch_timer = None
+
     def reject_client_id(self) -> None:
         """Answer with TWS's error 326, in the session's own form, and close both legs."""
         self.closed_by = self.closed_by or "relay (client id in use)"
@@ -408,8 +411,7 @@ class Splice:
             return
         self.finished = True
         self._cancel_reply_timer()
-        if self.watch_timer is not None:
-            self.watch_timer.cancel()
+        self._cancel_watch_timer()
         for timer in self.drain_timers:
             timer.cancel()
         self.held.clear()
