@@ -1,4 +1,6 @@
-"""The command line: `relay` (serve relay.yaml), `relay serve ...`, `relay check`.
+"""The command line: `relay` / `relay serve` (relay.yaml, or one route), `relay check`, `relay status`,
+`relay logs`, `relay stop`, `relay kick`, `relay doctor`, and `relay wsl discover | configure | forward |
+autostart` (the WSL side); also the service runner (signals, a graceful stop, Ctrl+C twice).
 
 Exit codes: 0 stopped cleanly, 1 unexpected failure, 2 bad configuration, usage or bind error.
 """
@@ -20,7 +22,7 @@ from .logs import event, setup as setup_logging
 log = logging.getLogger("relay")
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-STATUS_PORT = cfg.Settings().status_port
+STATUS_PORT = cfg.STATUS_PORT
 
 
 class NumberOrWord(click.ParamType):
@@ -337,7 +339,7 @@ def _wsl_options(f):
     f = click.option("--port", type=click.IntRange(1, 65535),
                      help="Port to probe instead of asking the relay for its routes.")(f)
     f = click.option("--route", help="Route to use when the relay has several (default: tws-paper).")(f)
-    f = click.option("--discovery-port", type=click.IntRange(1, 65535), default=17400, show_default=True,
+    f = click.option("--discovery-port", type=click.IntRange(1, 65535), default=discovery.DEFAULT_PORT, show_default=True,
                      help="The relay's discovery port.")(f)
     f = click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
                      help="Seconds per connection attempt.")(f)
@@ -649,7 +651,7 @@ def kick(client_id, route) -> None:
               help="host: the Windows (relay) side; wsl: the bot's side. auto: host on Windows, else wsl.")
 @click.option("--host", help="WSL side: the Windows host to check (skips discovery).")
 @click.option("--route", help="WSL side: the route to check when the relay has several.")
-@click.option("--discovery-port", type=click.IntRange(1, 65535), default=17400, show_default=True)
+@click.option("--discovery-port", type=click.IntRange(1, 65535), default=discovery.DEFAULT_PORT, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 def doctor(config_path, side, host, route, discovery_port, as_json) -> None:
     """Check everything between a WSL bot and TWS; print a verdict per check with the fix.

@@ -18,6 +18,8 @@ import yaml
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+DISCOVERY_PORT = 17400    # the read-only discovery answer on each listen address (`relay wsl discover`)
+STATUS_PORT = 17401       # the local status answer on 127.0.0.1 (`relay status`)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -64,7 +66,7 @@ class Settings:
     drain_timeout: float = 10.0
     expose_to_all_networks: bool = False
     # Port of the read-only discovery answer on each listen address (None: off; 0: any free port).
-    discovery_port: Optional[int] = 17400
+    discovery_port: Optional[int] = DISCOVERY_PORT
     # Read each session's opening (hello, version, startApi) to log clientIds; steps aside on non-TWS.
     tws_aware: bool = True
     # A second connection asking for a clientId held through the relay gets TWS's error 326 and is closed.
@@ -74,7 +76,7 @@ class Settings:
     check_interval: float = 2.0       # seconds between checks (and adapter polls) while all is well
     check_interval_down: float = 0.5  # seconds between checks while the target is down
     # The local status answer for `relay status`, on 127.0.0.1 only (None: off).
-    status_port: Optional[int] = 17401
+    status_port: Optional[int] = STATUS_PORT
     log_level: str = "info"
     log_format: str = "text"
     # A rotating log file (None: only when there is no console; "off": never).

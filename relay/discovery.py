@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from . import __version__, hostnet
+from .config import DISCOVERY_PORT
 from .logs import event
 from .sockopts import BACKLOG
 
 SERVICE = "tws-relay"
 PROTOCOL = 1
 MAX_ANSWER = 64 * 1024
-DEFAULT_PORT = 17400
+DEFAULT_PORT = DISCOVERY_PORT
 # The shipped relay.yaml's ports (TWS / Gateway port + 10000), probed when no discovery answer comes.
 WELL_KNOWN_PORTS = {"tws-paper": 17497, "tws-live": 17496, "gateway-live": 14001, "gateway-paper": 14002}
 log = logging.getLogger("relay")

@@ -22,7 +22,7 @@ from .wsl import discover as wsl
 from .discovery import DEFAULT_PORT as DISCOVERY_PORT, fetch_status, target_up
 
 PASS, WARN, FAIL, INFO = "pass", "warn", "fail", "info"
-STATUS_PORT = cfg.Settings().status_port
+STATUS_PORT = cfg.STATUS_PORT
 
 
 @dataclass

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import control, discovery, hostnet, logs, native_pump, registry, sockopts, tws
+from . import control, discovery, hostnet, logs, native_pump, probe, registry, sockopts, tws
 from .config import (Config, ConfigError, Endpoint, IPNetwork, Route, Settings, WILDCARD_HOSTS, parse_endpoint,
                      reaches, self_target)
 from .error_words import describe
@@ -738,9 +738,9 @@ async def check_target(target, how: str, timeout: float = 1.0) -> str:
     if how != "handshake":
         return "up" if await discovery.target_up(target.host, target.port, timeout) else "down"
     try:
-        await tws.ask_version(target.host, target.port, timeout, tws.REPLY_TIMEOUT)
+        await probe.ask_version(target.host, target.port, timeout, tws.REPLY_TIMEOUT)
         return "up"
-    except tws.NoReply:
+    except probe.NoReply:
         return "wedged"
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, tws.ProtocolError):
         return "down"

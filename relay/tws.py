@@ -1,4 +1,5 @@
-"""What the relay knows of the TWS / IB Gateway API socket protocol. Pure: bytes in, values out.
+"""What the relay knows of the TWS / IB Gateway API socket protocol. Pure: bytes in, values out (the one
+exchange over a socket, the version probe, is in probe.py).
 
 Framing: a 4-byte big-endian length, then the payload; up to server version 200 the payload is
 NUL-terminated ASCII fields. The client opens with b"API\\0" and one framed "v<min>..<max>" string;
@@ -7,7 +8,6 @@ connection-time string.
 """
 from __future__ import annotations
 
-import asyncio
 import struct
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
@@ -19,10 +19,6 @@ DEFAULT_PORTS = {"tws-live": 7496, "tws-paper": 7497, "gateway-live": 4001, "gat
 
 class ProtocolError(ValueError):
     """Bytes that are not the TWS API protocol."""
-
-
-class NoReply(Exception):
-    """Connected, but TWS sent no version reply in time: it accepts TCP and does not answer (wedged)."""
 
 
 def frame(payload: bytes) -> bytes:
@@ -58,26 +54,6 @@ def split_fields(payload: bytes) -> List[str]:
         return payload[:-1].decode("ascii").split("\0")
     except UnicodeDecodeError:
         raise ProtocolError("message is not ASCII text") from None
-
-
-async def ask_version(host: str, port: int, connect_timeout: float = 2.0, reply_timeout: float = 3.0) -> int:
-    """Open a connection, send the client hello, return the server's version; the one place the
-    handshake is done over a socket (the probe and the target check use it). Raises OSError,
-    asyncio.TimeoutError (no connection), NoReply (connected, no answer), asyncio.IncompleteReadError
-    or ProtocolError."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), connect_timeout)
-    try:
-        writer.write(client_hello())
-        try:
-            head = await asyncio.wait_for(reader.readexactly(4), reply_timeout)
-        except asyncio.TimeoutError:
-            raise NoReply(f"connected, but no API version reply within {reply_timeout:g} s") from None
-        size = struct.unpack(">I", head)[0]
-        if size > 4096:
-            raise ProtocolError("reply too long for a version answer")
-        return parse_server_hello(await reader.readexactly(size))[0]
-    finally:
-        writer.close()
 
 
 def parse_server_hello(payload: bytes) -> Tuple[int, str]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Mapping, Optional
 
 from .. import discovery, tws
+from ..probe import NoReply, ask_version
 
 DNS_STUB = "10.255.255.254"   # WSL's DNS-tunneling stub, on WSL's own loopback: never Windows
 ENV_HOST = "TWS_RELAY_HOST"
@@ -220,8 +221,8 @@ def _classify(exc: BaseException) -> str:
 async def probe(host: str, port: int, timeout: float, what: str, via_relay: bool) -> Verdict:
     """TCP connect, then the TWS API handshake: send the hello, expect the two-field version reply."""
     try:
-        version = await tws.ask_version(host, port, timeout, max(timeout, tws.REPLY_TIMEOUT))
-    except tws.NoReply:
+        version = await ask_version(host, port, timeout, max(timeout, tws.REPLY_TIMEOUT))
+    except NoReply:
         return Verdict(host, port, what, "wedged", explain("wedged", host, port, via_relay))
     except tws.ProtocolError:
         return Verdict(host, port, what, "not-tws", explain("not-tws", host, port, via_relay))
