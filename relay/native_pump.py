@@ -17,12 +17,12 @@ import glob
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .logs import event
 
-if TYPE_CHECKING:   # pragma: no cover
-    from .pump import Splice
+# what the pump calls once a pair it carried has ended: (bytes moved each way, who ended it, errno)
+OnClosed = Callable[[Tuple[int, int], int, int], None]
 
 ENDED_BY = ("client", "upstream", "relay")   # a report's `by`, as _pump.c numbers them
 REPORTS_AT_ONCE = 64
@@ -140,7 +140,7 @@ class NativePump:
             raise OSError(errno.ENOMEM, "the native pump could not start")
         self.pid = os.getpid()
         self.fd = lib.relay_pump_report_fd(self.handle)
-        self.pairs: Dict[int, "Splice"] = {}
+        self.pairs: Dict[int, OnClosed] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.reports = (_Report * REPORTS_AT_ONCE)()
         self.counter = (ctypes.c_uint64 * 4)()
@@ -159,11 +159,12 @@ class NativePump:
             self.lib.relay_pump_busy_poll(self.handle, us)
             self.busy_poll = us
 
-    def add(self, splice: "Splice", client_fd: int, upstream_fd: int, drain_timeout: float) -> Optional[int]:
-        """Hand over two (duplicated) descriptors; the pump owns them from here, on failure too."""
+    def add(self, on_closed: OnClosed, client_fd: int, upstream_fd: int, drain_timeout: float) -> Optional[int]:
+        """Hand over two (duplicated) descriptors; the pump owns them from here, on failure too.
+        `on_closed` is called on the event loop's thread once the pair has ended."""
         pair = self.lib.relay_pump_add(self.handle, client_fd, upstream_fd, max(1, int(drain_timeout * 1000)))
         if pair:
-            self.pairs[pair] = splice
+            self.pairs[pair] = on_closed
         return pair
 
     def close(self, pair: int, abort: bool) -> None:
@@ -188,8 +189,8 @@ class NativePump:
             n = self.lib.relay_pump_reports(self.handle, self.reports, REPORTS_AT_ONCE)
             for r in self.reports[:n]:
                 pair, sent, by, err = r.pair, (r.bytes[0], r.bytes[1]), r.by, r.err
-                splice = self.pairs.pop(pair, None)   # the report released the pair: forget it now
-                if splice is not None:
-                    splice.native_closed(sent, by, err)
+                on_closed = self.pairs.pop(pair, None)   # the report released the pair: forget it now
+                if on_closed is not None:
+                    on_closed(sent, by, err)
             if n < REPORTS_AT_ONCE:
                 return

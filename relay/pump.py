@@ -16,13 +16,11 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import Callable, List, Optional, Protocol
 
 from . import native_pump, tws
+from .config import Route, Settings
 from .error_words import describe
-
-if TYPE_CHECKING:   # pragma: no cover
-    from .listener import RouteServer
 
 # Write-buffer marks for every transport. uvloop's default low mark is 16 bytes, so always set them.
 HIGH_WATER = 256 * 1024
@@ -38,6 +36,20 @@ MAX_BUFFERED_PER_CONNECTION = 2 * (HIGH_WATER + READ_CHUNK) + HOLD_LIMIT + READ_
 HANDOVER_RETRY = 0.1
 
 log = logging.getLogger("relay")
+
+
+class Owner(Protocol):
+    """What a Splice needs from whoever runs it (listener.RouteServer): its route and settings, and
+    these calls at the points of a session's life."""
+    route: Route
+    settings: Settings
+
+    def admit(self, splice: "Splice") -> bool: ...
+    def tune(self, transport: asyncio.BaseTransport, accepted: bool) -> None: ...
+    def connect_failed(self, splice: "Splice", err: BaseException) -> None: ...
+    def tws_event(self, splice: "Splice", ev: object) -> None: ...
+    def no_version_reply(self, splice: "Splice") -> None: ...
+    def finished(self, splice: "Splice") -> None: ...
 
 
 class Leg(asyncio.Protocol):
@@ -102,13 +114,13 @@ class Leg(asyncio.Protocol):
 class Splice:
     """One client connection and its upstream connection."""
 
-    __slots__ = ("route", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
+    __slots__ = ("owner", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
                  "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
                  "phase", "reason", "hello_seen", "reply_timer", "watch_timer", "native", "native_pump", "handed_over",
                  "loop", "__weakref__")
 
-    def __init__(self, route: "RouteServer", loop: asyncio.AbstractEventLoop):
-        self.route = route
+    def __init__(self, owner: Owner, loop: asyncio.AbstractEventLoop):
+        self.owner = owner
         self.loop = loop     # asyncio.get_event_loop() costs a getpid() system call each time
         self.client = Leg(self, "client")
         self.upstream = Leg(self, "upstream")
@@ -135,7 +147,7 @@ class Splice:
         self.native: Optional[int] = None         # the native pump's pair while it carries the bytes
         self.native_pump: Optional["native_pump.NativePump"] = None
         self.handed_over = False
-        if route.settings.tws_aware:
+        if owner.settings.tws_aware:
             self.handshake = tws.Handshake()
             self.client.watch = self._watch_client
             self.upstream.watch = self._watch_server
@@ -144,26 +156,26 @@ class Splice:
 
     def leg_made(self, leg: Leg) -> None:
         if leg is self.upstream:
-            self.route.tune(leg.transport, accepted=False)
+            self.owner.tune(leg.transport, accepted=False)
             leg.out = self.client.transport
             return
         self.client.transport = leg.transport
-        if not self.route.admit(self):
+        if not self.owner.admit(self):
             self.closed_by = "relay"
             leg.transport.abort()
             return
-        self.route.tune(leg.transport, accepted=True)
+        self.owner.tune(leg.transport, accepted=True)
         self.upstream.out = leg.transport
         self._start_connect()
 
     def _start_connect(self) -> None:
         # A task straight on create_connection plus a timer: cheaper than a coroutine in wait_for.
         loop = self.loop
-        target = self.route.route.target
+        target = self.owner.route.target
         task = self.connect_task = loop.create_task(
             loop.create_connection(self._upstream, target.host, target.port))
         task.add_done_callback(self._connected)
-        self.connect_timer = loop.call_later(self.route.settings.connect_timeout, self._connect_timed_out)
+        self.connect_timer = loop.call_later(self.owner.settings.connect_timeout, self._connect_timed_out)
 
     def _upstream(self) -> Leg:
         return self.upstream
@@ -183,7 +195,7 @@ class Splice:
         else:
             err = task.exception()
         if err is not None:
-            self.route.connect_failed(self, err)
+            self.owner.connect_failed(self, err)
             self.closed_by = self.closed_by or "relay"
             if not self.client.lost:
                 self.client.transport.abort()
@@ -233,7 +245,7 @@ class Splice:
                     self._expect_reply()
                 elif isinstance(ev, tws.ServerHello):
                     self._cancel_reply_timer()
-                self.route.tws_event(self, ev)
+                self.owner.tws_event(self, ev)
         except Exception:   # knowing the session is a bonus: it must never break the connection
             log.debug("tws-parse-error", exc_info=True)
             handshake.done = True
@@ -251,7 +263,7 @@ class Splice:
     # -- the native pump: from a settled opening on, the bytes only need moving -----------------
 
     def _settled(self) -> None:
-        if native_pump.chosen(self.route.settings.pump):
+        if native_pump.chosen(self.owner.settings.pump):
             self.loop.call_soon(self._hand_over)
 
     def _hand_over(self) -> None:
@@ -265,7 +277,7 @@ class Splice:
         if self.held or any(leg.transport.get_write_buffer_size() for leg in legs):
             self.loop.call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
             return
-        settings = self.route.settings
+        settings = self.owner.settings
         pump = native_pump.pump(self.loop, settings.pump_threads, settings.busy_poll)
         if pump is None:
             return
@@ -277,7 +289,7 @@ class Splice:
             for fd in fds:
                 os.close(fd)
             return
-        pair = pump.add(self, fds[0], fds[1], self.route.settings.drain_timeout)
+        pair = pump.add(self.native_closed, fds[0], fds[1], self.owner.settings.drain_timeout)
         if not pair:
             return
         self.native, self.native_pump, self.handed_over = pair, pump, True
@@ -319,7 +331,7 @@ class Splice:
     def _no_reply(self) -> None:
         self.reply_timer = None
         if not self.finished and self.server_version is None:
-            self.route.no_version_reply(self)
+            self.owner.no_version_reply(self)
 
     def _cancel_reply_timer(self) -> None:
         if self.reply_timer is not None:
@@ -404,7 +416,7 @@ class Splice:
             return
         t.close()
         if t.get_write_buffer_size():
-            self.drain_timers.append(self.loop.call_later(self.route.settings.drain_timeout, t.abort))
+            self.drain_timers.append(self.loop.call_later(self.owner.settings.drain_timeout, t.abort))
 
     def _finish(self) -> None:
         if self.finished:
@@ -415,7 +427,7 @@ class Splice:
         for timer in self.drain_timers:
             timer.cancel()
         self.held.clear()
-        self.route.finished(self)
+        self.owner.finished(self)
 
     @property
     def duration(self) -> float:
