@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import control, discovery, hostnet, logs, native_pump, probe, registry, sockopts, tws
@@ -52,7 +53,7 @@ class RouteServer:
 
     def __init__(self, route: Route, settings: Settings, allow: Sequence[IPNetwork],
                  opts: Sequence[sockopts.Opt], inherit: bool = False, client_ids: Optional[ClientIds] = None,
-                 on_target_failure=None):
+                 on_target_failure=None, identify: bool = False, bind_hint=hostnet.bind_hint):
         self.route = route
         self.settings = settings
         self.allow = tuple(allow)
@@ -74,10 +75,10 @@ class RouteServer:
         self.target_state = "up"                 # 'up', 'down' or 'wedged', as last checked
         self.check_due = 0.0                     # loop time of this route's next target check
         self.on_target_failure = on_target_failure or (lambda: None)
-        self.bind_hint = hostnet.bind_hint   # what a failed bind means here (the WSL side says it otherwise)
+        self.bind_hint = bind_hint           # what a failed bind means here (the WSL side says it otherwise)
         self.suspect_wedged = False          # a real session got no version reply: check with the handshake
         self.wedged_saw: Optional[str] = None
-        self.identify = False                # name the local process behind each (loopback) client
+        self.identify = identify             # name the local process behind each (loopback) client
 
     async def start(self) -> None:
         """Bind the configured fixed address now (a bad address fails the start: exit 2)."""
@@ -179,6 +180,10 @@ class RouteServer:
                 await self.bind(host)
             except BindError as e:
                 self.set_state("bind-failed", error=str(e))
+
+    def retarget(self, target: Endpoint) -> None:
+        """Relay new connections to `target` from now on (the WSL side follows Windows' address)."""
+        self.route = replace(self.route, target=target)
 
     def refuse_loop(self, listener: "RouteServer", place: Endpoint) -> None:
         """The target is where this relay itself listens now (known only at run time: an adapter's
@@ -370,7 +375,11 @@ class Relay:
     supervisor that follows adapters and target health."""
 
     def __init__(self, config: Config, if_addrs: Optional[dict] = None, platform: str = sys.platform,
-                 run_dir: Optional[str] = None, fatal_binds: bool = True):
+                 run_dir: Optional[str] = None, fatal_binds: bool = True, identify: bool = False,
+                 bind_hint=hostnet.bind_hint, on_target_failure: Optional[Callable[[], None]] = None):
+        """identify: name the local process behind each client (the WSL side, where clients are
+        local); bind_hint: what a failed bind means, in words; on_target_failure: also called when a
+        target refuses a connection (the relay itself checks that target at once)."""
         self.config = config
         self.fatal_binds = fatal_binds    # False: a route that cannot listen is reported and retried
         s = config.settings
@@ -396,7 +405,8 @@ class Relay:
             else:
                 allow = hostnet.default_allow(route.listen.host,
                                               if_addrs if if_addrs is not None else hostnet.interfaces())
-            self.routes.append(RouteServer(route, s, allow, opts, inherit, self.client_ids, self.wake.set))
+            failed = self.wake.set if on_target_failure is None else (lambda: (self.wake.set(), on_target_failure()))
+            self.routes.append(RouteServer(route, s, allow, opts, inherit, self.client_ids, failed, identify, bind_hint))
         # one discovery answer per listen place (a fixed address, or an adapter), same allowlist
         self.discovery: List[Tuple[discovery.AnswerServer, List[RouteServer]]] = []
         if s.discovery_port is not None:

@@ -151,13 +151,9 @@ class Forwarder:
         config = Config(routes=routes, settings=replace(settings, discovery_port=None,
                                                         expose_to_all_networks=False),
                         source=f"{SOURCE} (windows {located.host})")
-        self.relay = Relay(config, if_addrs={}, run_dir=run_dir, fatal_binds=False)
         self.wake = asyncio.Event()
-        for r in self.relay.routes:
-            r.identify = True
-            r.bind_hint = _wsl_bind_hint
-            check_now = r.on_target_failure
-            r.on_target_failure = lambda check_now=check_now: (check_now(), self.wake.set())
+        self.relay = Relay(config, if_addrs={}, run_dir=run_dir, fatal_binds=False, identify=True,
+                           bind_hint=_wsl_bind_hint, on_target_failure=self.wake.set)
         self.follower: Optional[asyncio.Task] = None
         self.announced: set = set()       # routes the relay has that were not forwarded, said once
 
@@ -204,7 +200,7 @@ class Forwarder:
             old = r.route.target
             new = Endpoint(found.host, ports.get(r.route.name, old.port))
             if new != old:
-                r.route = replace(r.route, target=new)
+                r.retarget(new)
                 r.target_up = None
                 moved.append((r, old))
         if found.how == "discovery answer":
