@@ -1,20 +1,14 @@
 /* The native data plane (Linux): once a session's opening is settled, the relay hands both sockets
  * of a connection to this pump, which splices them in its own thread with epoll, without the
- * interpreter or the GIL. The rules are pump.py's, byte for byte:
- *   - what is read from one side is written to the other, in order; what the peer cannot take now
- *     is kept, and once HIGH_WATER bytes wait that side is not read until no more than LOW_WATER
- *     do (pump.py's marks), so memory per connection is bounded (HIGH_WATER + SCRATCH each way)
- *     whatever the peers do;
- *   - FIN is forwarded as shutdown(SHUT_WR) once what came before it is flushed (half-close); the
- *     pair closes once both sides sent FIN;
- *   - a side that is lost (reset, timed out) is closed at once; its peer gets what was read for it,
- *     then is closed, within drain_ms.
+ * interpreter or the GIL. It follows the same rules as pump.py, written once in
+ * docs/architecture.md ("The pump's rules"), with the write-buffer marks pump.py passes to
+ * relay_pump_start: memory per connection is bounded by high + SCRATCH each way.
  * Python drives it through a command queue and learns of closed pairs from a report queue; an
  * eventfd wakes each side. A process may start several pumps (one per CPU); each is independent
  * and owns the pairs given to it. With busy polling set (`busy_poll`, off by default), a thread
  * with pairs polls without sleeping, yielding the CPU between polls, for that many microseconds
  * before it sleeps: a thread that sleeps is placed on a CPU again when woken, and on a small
- * machine often beside the thread that sends to it (README: Benchmark). Loaded with ctypes: no
+ * machine often beside the thread that sends to it (docs/benchmarks.md). Loaded with ctypes: no
  * Python headers needed to build it.
  */
 #define _GNU_SOURCE
@@ -32,8 +26,6 @@
 #include <unistd.h>
 
 #define SCRATCH (256 * 1024)      /* one read */
-#define HIGH_WATER (256 * 1024)   /* a side is not read once this much of its bytes waits here, */
-#define LOW_WATER (64 * 1024)     /* until no more than this does */
 #define MAX_EVENTS 256
 #define RELEASE_BATCH 64          /* ended pairs whose release may wait for the thread's next command */
 
@@ -54,7 +46,7 @@ struct side {
 struct direction {   /* bytes read from side i, written to side 1 - i */
     char *pend;      /* what the writer could not take yet: plen bytes at poff, room for cap */
     size_t plen, poff, cap;
-    int full;        /* HIGH_WATER reached: side i is not read until LOW_WATER */
+    int full;        /* the high mark reached: side i is not read until the low one */
     int eof;         /* side i sent FIN */
     int shut;        /* FIN forwarded */
 };
@@ -88,6 +80,7 @@ struct pump {
     char *scratch;
     int busy_poll_us;       /* Python may change it at any time */
     long pairs;             /* added and not yet freed (released and run), for tests */
+    size_t high, low;       /* the write-buffer marks, pump.py's */
 };
 
 static int64_t now_us(void) {
@@ -132,7 +125,7 @@ static void set_mask(struct pump *p, struct side *s) {
     if (s->fd < 0) return;
     uint32_t want = 0;
     struct direction *d = &pr->dir[s->idx];
-    if (d->full ? d->plen <= LOW_WATER : d->plen >= HIGH_WATER) d->full = !d->full;
+    if (d->full ? d->plen <= p->low : d->plen >= p->high) d->full = !d->full;
     if (!pr->closing && !d->eof && !d->full && pr->side[1 - s->idx].fd >= 0)
         want |= EPOLLIN;
     if (pr->dir[1 - s->idx].plen) want |= EPOLLOUT;
@@ -408,9 +401,11 @@ static int push_cmd(struct pump *p, int op, struct pair *pr) {
     return rc;
 }
 
-struct pump *relay_pump_start(void) {
+struct pump *relay_pump_start(long high, long low) {
     struct pump *p = calloc(1, sizeof *p);
     if (!p) return NULL;
+    p->high = (size_t)high;
+    p->low = (size_t)low;
     p->cmds.size = sizeof(struct cmd);
     p->reports.size = sizeof(struct report);
     p->scratch = malloc(SCRATCH);
@@ -469,8 +464,9 @@ long relay_pump_pairs(struct pump *p) { return __atomic_load_n(&p->pairs, __ATOM
 /* 1 once the session is over: a side sent FIN or was lost, or the pair is closing. */
 int relay_pump_ending(struct pair *pr) { return __atomic_load_n(&pr->ending, __ATOMIC_RELAXED); }
 
-/* A direction holding this much is not read: the backpressure mark (Python checks it in tests). */
-long relay_pump_high_water(void) { return HIGH_WATER; }
+/* The marks this pump was started with: a direction holding `high` is not read until it holds no
+ * more than `low` (Python checks them in tests). */
+void relay_pump_marks(struct pump *p, long out[2]) { out[0] = (long)p->high; out[1] = (long)p->low; }
 
 /* Bytes read from the client and from upstream, then how many of each the pump holds unsent. */
 void relay_pump_counts(struct pair *pr, uint64_t out[4]) {

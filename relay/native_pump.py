@@ -42,11 +42,13 @@ def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[
         except OSError:
             continue
         vp, i = ctypes.c_void_p, ctypes.c_int
-        for name, res, args in (("relay_pump_start", vp, ()), ("relay_pump_report_fd", i, (vp,)),
+        for name, res, args in (("relay_pump_start", vp, (ctypes.c_long, ctypes.c_long)),
+                                ("relay_pump_report_fd", i, (vp,)),
                                 ("relay_pump_add", vp, (vp, i, i, i)), ("relay_pump_close", i, (vp, vp, i)),
                                 ("relay_pump_counts", None, (vp, ctypes.POINTER(ctypes.c_uint64 * 4))),
                                 ("relay_pump_reports", i, (vp, ctypes.POINTER(_Report), i)),
-                                ("relay_pump_high_water", ctypes.c_long, ()), ("relay_pump_pairs", ctypes.c_long, (vp,)),
+                                ("relay_pump_marks", None, (vp, ctypes.POINTER(ctypes.c_long * 2))),
+                                ("relay_pump_pairs", ctypes.c_long, (vp,)),
                                 ("relay_pump_ending", i, (vp,)), ("relay_pump_busy_poll", None, (vp, i))):
             fn = getattr(lib, name, None)
             if fn is None:
@@ -74,9 +76,6 @@ def chosen(setting: str) -> bool:
     return setting != "python" and available() is not None
 
 
-def high_water() -> int:
-    """Bytes a direction may hold before the pump stops reading that side (one read more at most)."""
-    return _lib.relay_pump_high_water()
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,11 +98,13 @@ def threads_running() -> int:
     return sum(p.pid == os.getpid() for p in _pumps)
 
 
-def pump(loop: asyncio.AbstractEventLoop, threads: int = 0, busy_poll: int = 0) -> Optional["NativePump"]:
+def pump(loop: asyncio.AbstractEventLoop, marks: Tuple[int, int], threads: int = 0,
+         busy_poll: int = 0) -> Optional["NativePump"]:
     """The pump thread with the fewest pairs, attached to `loop` and polling busily for
     `busy_poll` microseconds before it sleeps; a new thread while every running one is busy and
-    there are fewer than `threads` (0: threads_default()). None (and one warning) if a thread
-    cannot start and none runs: the Python pump carries on."""
+    there are fewer than `threads` (0: threads_default()), started with the write-buffer `marks`
+    (high, low: pump.py's). None (and one warning) if a thread cannot start and none runs: the
+    Python pump carries on."""
     global _failed, _short_of
     threads = threads_allowed(threads)
     if _pumps and _pumps[0].pid != os.getpid():
@@ -113,7 +114,7 @@ def pump(loop: asyncio.AbstractEventLoop, threads: int = 0, busy_poll: int = 0) 
     least_busy = min(_pumps[:threads], key=lambda p: len(p.pairs), default=None)
     if least_busy is None or (least_busy.pairs and len(_pumps) < threads):
         try:
-            least_busy = NativePump(_lib)
+            least_busy = NativePump(_lib, marks)
             _pumps.append(least_busy)
         except OSError as e:
             if not _pumps:
@@ -133,9 +134,9 @@ def pump(loop: asyncio.AbstractEventLoop, threads: int = 0, busy_poll: int = 0) 
 class NativePump:
     """One pump thread (its own epoll, command and report queues), for as long as the process lives."""
 
-    def __init__(self, lib: ctypes.CDLL):
+    def __init__(self, lib: ctypes.CDLL, marks: Tuple[int, int]):
         self.lib = lib
-        self.handle = lib.relay_pump_start()
+        self.handle = lib.relay_pump_start(*marks)
         if not self.handle:
             raise OSError(errno.ENOMEM, "the native pump could not start")
         self.pid = os.getpid()
@@ -178,6 +179,12 @@ class NativePump:
     def ending(self, pair: int) -> bool:
         """The session is over: a side sent FIN or was lost, or the pump is closing the pair."""
         return bool(self.lib.relay_pump_ending(pair))
+
+    def marks(self) -> Tuple[int, int]:
+        """The write-buffer marks the C side runs with: (high, low)."""
+        out = (ctypes.c_long * 2)()
+        self.lib.relay_pump_marks(self.handle, ctypes.byref(out))
+        return out[0], out[1]
 
     def pairs_in_memory(self) -> int:
         """Pairs the thread holds: live, or ended and not yet freed (an ended pair is freed with the

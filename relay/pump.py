@@ -1,14 +1,8 @@
-"""The byte pump: one asyncio Protocol per leg, bytes spliced both ways.
+"""The byte pump: one asyncio Protocol per leg (after asyncssh's forwarder), bytes spliced both ways.
 
-Rules (after asyncssh's forwarder):
-- data_received on one leg writes to the other; nothing is parsed or copied.
-- a leg whose write buffer passes the high-water mark pauses reading on its peer, and resumes it
-  at the low-water mark, so memory per connection is bounded whatever the peers do.
-- FIN is forwarded as write_eof (half-close); the connection closes once both sides sent FIN,
-  or as soon as either leg is lost. A closing leg gets drain_timeout to flush, then is aborted.
-- client bytes that arrive before the upstream connect finishes are held (capped) and sent first.
-- once the opening is settled, both sockets go to the native pump (native_pump.py, Linux) where it
-  was built; it follows the same rules in C, and reports the close back here.
+The rules it follows, and the native pump (native_pump.py, _pump.c) with it, are written once in
+docs/architecture.md ("The pump's rules"). Once a session's opening is settled it hands both sockets
+to the native pump where that was built, which reports the close back here.
 """
 from __future__ import annotations
 
@@ -22,7 +16,8 @@ from . import native_pump, tws
 from .config import Route, Settings
 from .error_words import describe
 
-# Write-buffer marks for every transport. uvloop's default low mark is 16 bytes, so always set them.
+# Write-buffer marks for every transport (uvloop's default low mark is 16 bytes, so always set them),
+# and for the native pump, which is given these at its start: one source.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 # Client bytes held while the upstream connect is in progress; past this the client is paused.
@@ -278,7 +273,7 @@ class Splice:
             self.loop.call_later(HANDOVER_RETRY, self._hand_over)   # bytes still queued here
             return
         settings = self.owner.settings
-        pump = native_pump.pump(self.loop, settings.pump_threads, settings.busy_poll)
+        pump = native_pump.pump(self.loop, (HIGH_WATER, LOW_WATER), settings.pump_threads, settings.busy_poll)
         if pump is None:
             return
         fds: List[int] = []

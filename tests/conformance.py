@@ -8,7 +8,6 @@ import asyncio
 from typing import List
 
 from helpers import Backend, address, read_all, reset, tcp_states, wait_for
-from relay import native_pump
 from relay.pump import MAX_BUFFERED_PER_CONNECTION
 
 
@@ -34,7 +33,7 @@ def _stalled(splice, direction: str):
     k = 0 if direction == "up" else 1
     if splice.native is not None:
         counts = splice.native_pump.counts(splice.native)
-        return counts[2 + k] >= native_pump.high_water(), counts[2 + k], counts[k]   # then it reads no more
+        return counts[2 + k] >= splice.native_pump.marks()[0], counts[2 + k], counts[k]   # then it reads no more
     reading_leg, writing_leg = (splice.client, splice.upstream) if k == 0 else (splice.upstream, splice.client)
     if not writing_leg.write_paused:
         return False, 0, reading_leg.nbytes

@@ -310,7 +310,7 @@ def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_g
             await wait_for(lambda: route.active, what="connection to open")
             splice = next(iter(route.active))
             await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= native_pump.high_water(),
+            await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= splice.native_pump.marks()[0],
                            what="the relay to hold bytes for the client that does not read")
             flooding.set()
             started = time.monotonic()
@@ -328,7 +328,7 @@ def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_g
 def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, caplog, monkeypatch):
     """Fault injection: the thread cannot be made (EAGAIN, as pthread_create says under a thread
     limit). Bytes still flow, one warning says why, and the relay reports the Python pump."""
-    def cannot_start(self, lib):
+    def cannot_start(self, lib, marks):
         raise OSError(11, "Resource temporarily unavailable")
     monkeypatch.setattr(native_pump.NativePump, "__init__", cannot_start)
     monkeypatch.setattr(native_pump, "_pumps", [])
@@ -361,10 +361,10 @@ def test_a_further_thread_that_cannot_start_leaves_the_running_ones_in_charge(ru
     monkeypatch.setattr(native_pump, "_short_of", None)
     real_init = native_pump.NativePump.__init__
 
-    def first_only(self, lib):
+    def first_only(self, lib, marks):
         if native_pump._pumps:
             raise OSError(11, "Resource temporarily unavailable")
-        real_init(self, lib)
+        real_init(self, lib, marks)
     monkeypatch.setattr(native_pump.NativePump, "__init__", first_only)
 
     async def main():
@@ -401,3 +401,13 @@ def test_a_library_built_from_older_source_is_not_loaded(tmp_path):
     current.mkdir()
     shutil.copy(native_pump.available(), current / "_pump.so")
     assert native_pump._load(str(current)) is not None
+
+
+def test_the_native_pump_runs_with_the_python_pumps_marks(run):
+    """One source for the backpressure numbers: pump.py's, handed to each pump thread at its start."""
+    from relay import pump
+
+    async def main():
+        return native_pump.pump(asyncio.get_running_loop(), (pump.HIGH_WATER, pump.LOW_WATER)).marks()
+    assert run(main()) == (pump.HIGH_WATER, pump.LOW_WATER)
+
