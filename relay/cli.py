@@ -16,7 +16,8 @@ from typing import List, Optional, Tuple
 import click
 
 from . import __version__, config as cfg, discovery, loops, tws
-from .listener import BindError, Relay
+from .route_server import BindError
+from .service import Relay
 from .logs import event, setup as setup_logging
 
 log = logging.getLogger("relay")

@@ -34,7 +34,7 @@ log = logging.getLogger("relay")
 
 
 class Owner(Protocol):
-    """What a Splice needs from whoever runs it (listener.RouteServer): its route and settings, and
+    """What a Splice needs from whoever runs it (route_server.RouteServer): its route and settings, and
     these calls at the points of a session's life."""
     route: Route
     settings: Settings

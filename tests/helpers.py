@@ -12,7 +12,7 @@ from typing import Awaitable, Callable, List, Optional
 
 from relay import tws
 from relay.config import Config, Endpoint, Route, Settings
-from relay.listener import Relay
+from relay.service import Relay
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 # How soon a connect to a port nobody listens on is refused on loopback: at once on Linux; Windows

@@ -217,7 +217,7 @@ def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening
     others are not affected."""
     from helpers import free_port, settings
     from relay.config import Config, Route
-    from relay.listener import Relay
+    from relay.service import Relay
     port = free_port()
     monkeypatch.setattr(hostnet, "interfaces", lambda: {"fake0": [v4("127.0.0.2", "255.0.0.0")]})
     monkeypatch.setattr(hostnet, "interface_stats", lambda: {})

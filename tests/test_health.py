@@ -12,7 +12,7 @@ from tws_sessions import start_api
 
 from relay import tws
 from relay.config import Config, Endpoint, Route
-from relay.listener import Relay
+from relay.service import Relay
 
 
 def records(caplog, name):

@@ -120,7 +120,7 @@ def test_a_relay_whose_run_folder_others_can_read_says_it_cannot_be_kicked(tmp_p
     import logging
     from helpers import settings
     from relay.config import Config, Endpoint, Route
-    from relay.listener import Relay
+    from relay.service import Relay
     shared = tmp_path / "shared"
     shared.mkdir()
     os.chmod(shared, 0o755)

@@ -11,7 +11,7 @@ from conftest import linux_only_because
 from helpers import (Backend, address, echo, open_fds, read_all, records, reset, sockets_here, start_relay,
                      tcp_states, wait_for)
 from relay.config import Endpoint
-from relay.listener import BindError
+from relay.route_server import BindError
 from relay.pump import HOLD_LIMIT
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import discovery, hostnet, tws
 from ..config import Config, Endpoint, Route, Settings
-from ..listener import Relay
+from ..service import Relay
 from ..logs import event
 from . import discover as wsl
 
