@@ -20,21 +20,21 @@ import struct
 import sys
 import time
 
+from tws_sessions import frame, text_fields
+
 SERVER_VERSION = 176          # inside ib_async 2.1's v157..178
 ACCOUNT = "DU1234567"
 
 
 def msg(*fields) -> bytes:
-    payload = b"".join(str(f).encode() + b"\0" for f in fields)
-    return struct.pack(">I", len(payload)) + payload
+    return frame(text_fields(*fields))
 
 
 def raw_msg(version, msg_id, *fields) -> bytes:
     """A message in the form of `version`: text fields, with a raw 4-byte id from 201."""
     if version < 201:
         return msg(msg_id, *fields)
-    payload = struct.pack(">I", msg_id) + b"".join(str(f).encode() + b"\0" for f in fields)
-    return struct.pack(">I", len(payload)) + payload
+    return frame(struct.pack(">I", msg_id) + text_fields(*fields))
 
 
 def read_request(payload: bytes, version: int):

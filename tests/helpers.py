@@ -10,9 +10,10 @@ import threading
 import time
 from typing import Awaitable, Callable, List, Optional
 
-from relay import tws
 from relay.config import Config, Endpoint, Route, Settings
 from relay.service import Relay
+
+import tws_sessions
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 # How soon a connect to a port nobody listens on is refused on loopback: at once on Linux; Windows
@@ -259,9 +260,9 @@ def write_config(tmp_path, tws_port, **extra):
 
 def bot_session(port, client_id):
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(tws.client_hello(157, 178))
+    s.sendall(tws_sessions.client_hello(157, 178))
     size = struct.unpack(">I", s.recv(4))[0]
     s.recv(size)
-    s.sendall(tws.fields_message(71, 2, client_id, ""))
+    s.sendall(tws_sessions.start_api(176, client_id))
     s.recv(4096)       # managedAccounts / nextValidId: the session is up
     return s

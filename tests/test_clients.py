@@ -147,7 +147,7 @@ def test_ib_async_waits_its_timeout_on_an_accepted_connection_whatever_follows(r
     ib_async = pytest.importorskip("ib_async")
     import socket
     import struct
-    from relay import tws
+    from tws_sessions import error, version_reply
 
     async def main():
         async def serve(reader, writer):
@@ -157,8 +157,7 @@ def test_ib_async_waits_its_timeout_on_an_accepted_connection_whatever_follows(r
                 return
             await reader.readexactly(4)
             await reader.readexactly(struct.unpack(">I", await reader.readexactly(4))[0])
-            writer.write(tws.fields_message(176, "20261206 10:00:00 EST") +
-                         tws.error_message(176, 502, "Couldn't connect to TWS. Confirm that API is enabled", now_ms=0))
+            writer.write(version_reply(176) + error(176, 502, "Couldn't connect to TWS. Confirm that API is enabled"))
             await writer.drain()
             writer.close()
         server = await asyncio.start_server(serve, "127.0.0.1", 0)

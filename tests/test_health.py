@@ -8,7 +8,7 @@ import time
 
 from fake_tws import FakeTws
 from helpers import REFUSED_WITHIN, settings, start_relay, wait_for
-from tws_sessions import start_api
+from tws_sessions import client_hello, start_api
 
 from relay import tws
 from relay.config import Config, Endpoint, Route
@@ -22,7 +22,7 @@ def records(caplog, name):
 async def opening(port, client_id, version_max=178):
     """A bot's opening: hello, version reply, startApi; returns (reader, writer, version)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(tws.client_hello(157, version_max))
+    writer.write(client_hello(157, version_max))
     size = int.from_bytes(await reader.readexactly(4), "big")
     version = int(tws.split_fields(await reader.readexactly(size))[0])
     writer.write(start_api(version, client_id))
@@ -101,7 +101,7 @@ def test_a_wedged_tws_is_noticed_from_a_real_session_and_the_route_refuses_until
         route = relay.routes[0]
         port = route.address.port
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(tws.client_hello(157, 178))
+        writer.write(client_hello(157, 178))
         t0 = time.monotonic()
         await wait_for(lambda: records(caplog, "target-wedged"), timeout=10, what="target-wedged")
         # a loop may fire a timer up to one clock tick early
@@ -156,7 +156,7 @@ def test_with_checks_off_a_wedged_tws_is_reported_and_clears_on_the_next_answer(
         relay = await start_relay(Endpoint("127.0.0.1", await fake.start()), target_check="off")
         port = relay.routes[0].address.port
         _, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(tws.client_hello(157, 178))
+        w.write(client_hello(157, 178))
         await wait_for(lambda: records(caplog, "target-wedged"), timeout=10, what="target-wedged")
         assert "target_check is off" in records(caplog, "target-wedged")[0]["note"]
         fake.mode = "normal"

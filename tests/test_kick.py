@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from helpers import Proc, bot_session, write_config
-from relay import control, registry, tws
+from relay import control, registry
+from tws_sessions import frame, text_fields
 
 RELAY = [sys.executable, "-m", "relay"]
 
@@ -60,7 +61,7 @@ def test_kick_of_an_id_nobody_holds_changes_nothing(relay_with_a_bot):
     assert r.returncode == 1 and "no connection holds clientId 99 through this relay" in r.stderr
     r = cli("kick", "9", "--route", "other")
     assert r.returncode == 1 and "no connection holds clientId 9 on route other" in r.stderr
-    bot.sendall(tws.fields_message(49, 1))                         # the bot still works
+    bot.sendall(frame(text_fields(49, 1)))                          # the bot still works
     assert bot.recv(100)
 
 
@@ -87,7 +88,7 @@ def test_only_the_user_running_the_relay_can_kick(relay_with_a_bot):
     if subprocess.run(as_nobody + [sys.executable, "-c", "import relay.cli"], capture_output=True).returncode == 0:
         r = cli("kick", "9", user="nobody")
         assert r.returncode == 1 and "no running relay of yours found" in r.stderr, r.stdout + r.stderr
-    bot.sendall(tws.fields_message(49, 1))                         # still connected
+    bot.sendall(frame(text_fields(49, 1)))                          # still connected
     assert bot.recv(100)
     assert not any(" kicked " in x for x in relay.lines)
 

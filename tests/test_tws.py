@@ -10,7 +10,8 @@ from fake_tws import FakeTws
 from helpers import address, native_pump_missing, records, start_relay, wait_for
 from relay import tws
 from relay.config import Endpoint
-from tws_sessions import TIME, managed_accounts, next_valid_id, server_message, session, start_api
+from tws_sessions import (client_hello, managed_accounts, next_valid_id, server_message, session, start_api,
+                          version_reply)
 
 
 def chunked(data: bytes, cuts):
@@ -104,8 +105,7 @@ READ = 256 * 1024   # one read of asyncio or uvloop
 
 def opening(version: int, client_id: int = 7):
     """(client bytes, server bytes) up to and including startApi and the version reply."""
-    return (tws.client_hello(157, 178) + start_api(version, client_id),
-            tws.fields_message(version, TIME))
+    return client_hello(157, 178) + start_api(version, client_id), version_reply(version)
 
 
 def ticks(version: int, size: int) -> bytes:
