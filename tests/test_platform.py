@@ -11,7 +11,7 @@ from collections import namedtuple
 import pytest
 
 from conftest import linux_only, windows_only
-from relay import cli, hostnet, logs, loops, sockopts
+from relay import hostnet, logs, loops, runner, sockopts
 from relay import config as cfg
 from relay.config import Keepalive
 
@@ -135,8 +135,8 @@ def test_loop_choice_errors(requested, platform, installed, words):
 
 
 def test_signal_plan_avoids_add_signal_handler_on_windows():
-    assert cli.signal_plan("win32") == ("signal", ["SIGINT", "SIGTERM", "SIGBREAK"])
-    assert cli.signal_plan("linux") == ("loop", ["SIGINT", "SIGTERM"])
+    assert runner.signal_plan("win32") == ("signal", ["SIGINT", "SIGTERM", "SIGBREAK"])
+    assert runner.signal_plan("linux") == ("loop", ["SIGINT", "SIGTERM"])
 
 
 def test_rate_limit_allows_a_burst_then_reports_what_it_held_back():
@@ -188,7 +188,7 @@ def test_windows_plan_really_applies_to_a_socket():
 @windows_only
 def test_sigbreak_is_caught_as_the_signal_plan_says():
     import signal
-    how, wanted = cli.signal_plan("win32")
+    how, wanted = runner.signal_plan("win32")
     assert how == "signal" and "SIGBREAK" in wanted
     previous = signal.signal(signal.SIGBREAK, lambda *a: None)
     signal.signal(signal.SIGBREAK, previous)
