@@ -7,7 +7,7 @@ relay, it waits for the hand-over first, so it proves the pump it names.
 import asyncio
 from typing import List
 
-from helpers import Backend, address, read_all, reset, tcp_states, wait_for
+from helpers import Backend, address, read_all, reset, sockets_here, tcp_states, wait_for
 from relay.pump import MAX_BUFFERED_PER_CONNECTION
 
 
@@ -232,3 +232,51 @@ async def check_close_propagates(make_relay, how: str) -> None:
 
 
 CLOSE_HOWS = ("client-close", "client-reset", "server-close", "server-reset")
+
+
+def _held_for_client(splice) -> int:
+    """Bytes the relay holds for the client, in whichever pump carries the session."""
+    if splice.native is not None:
+        return splice.native_pump.counts(splice.native)[3]
+    return splice.client.transport.get_write_buffer_size()
+
+
+async def check_drain_timeout(make_relay) -> None:
+    """TWS resets while the relay still holds bytes for a client that does not read (below the high
+    mark, so the relay keeps reading and sees the reset): the client leg gets drain_timeout to take
+    them, then the connection is cut."""
+    import socket
+    go, send = asyncio.Event(), asyncio.Event()
+
+    async def send_then_reset(reader, writer):
+        await send.wait()
+        writer.write(b"z" * 100_000)
+        await writer.drain()
+        await go.wait()
+        reset(writer)
+    async with Backend(send_then_reset) as backend:
+        relay = await make_relay(backend.endpoint, drain_timeout=0.5)
+        route = relay.routes[0]
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)      # and it never reads
+        client.setblocking(False)
+        await loop.sock_connect(client, address(relay))
+        await loop.sock_sendall(client, b"!")          # not TWS: the opening is settled at once
+        await wait_for(lambda: route.active, what="the connection")
+        splice = next(iter(route.active))
+        await settled(make_relay, splice)
+        for sock in sockets_here(client.getsockname()):   # the relay's leg, wherever it is now
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sock.close()
+        send.set()
+        await wait_for(lambda: splice.counts()[1] == 100_000, what="the relay to read what TWS sent")
+        await wait_for(lambda: _held_for_client(splice) > 0, what="bytes the client does not take")
+        t0 = loop.time()
+        go.set()
+        await wait_for(lambda: not route.active, timeout=5, what="the relay to cut the client leg")
+        assert 0.4 < loop.time() - t0 < 3, loop.time() - t0
+        assert splice.closed_by.startswith("upstream"), splice.closed_by
+        client.close()
+        await relay.shutdown(0)
+

@@ -189,44 +189,6 @@ def test_wildcard_listen_refused_unless_explicitly_exposed(run, host):
     run(main())
 
 
-def test_closing_leg_that_never_drains_is_cut_after_drain_timeout(run):
-    """The server resets while bytes for a client that does not read sit in the relay's buffer
-    (below the high mark, so the relay kept reading and saw the reset): the relay closes the
-    client leg, and since that never drains, aborts it after drain_timeout."""
-    async def main():
-        go, send = asyncio.Event(), asyncio.Event()
-
-        async def send_then_reset(reader, writer):
-            await send.wait()
-            writer.write(b"z" * 100_000)
-            await writer.drain()
-            await go.wait()
-            reset(writer)
-        async with Backend(send_then_reset) as backend:
-            relay = await start_relay(backend.endpoint, drain_timeout=0.5)
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(address(relay))
-            sock.setblocking(False)
-            reader, writer = await asyncio.open_connection(sock=sock)
-            writer.transport.pause_reading()              # the client never reads
-            splice = await _only_splice(relay)
-            splice.client.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            send.set()
-            await wait_for(lambda: splice.upstream.nbytes == 100_000, what="relay to read the server's bytes")
-            await wait_for(lambda: splice.client.transport.get_write_buffer_size() > 0, what="bytes stuck in relay")
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            go.set()
-            await wait_for(lambda: splice.upstream.lost, what="relay to see the reset")
-            assert splice in relay.routes[0].active              # still draining the client leg
-            await wait_for(lambda: not relay.routes[0].active, timeout=5, what="relay to cut the stuck leg")
-            assert 0.4 < loop.time() - t0 < 3
-            writer.close()
-            await relay.shutdown(0)
-    run(main())
-
-
 def test_abrupt_resets_leave_no_sockets_or_fds(run):
     async def main():
         async with Backend(echo) as backend:

@@ -6,12 +6,13 @@ from hypothesis import given, settings, strategies as st
 
 import conformance
 from tws_sessions import session
+from conftest import linux_only_because
 from helpers import native_pump_missing, start_relay
 
 
 def _variant(native: bool, **kw):
-    def make(target):
-        return start_relay(target, pump="auto" if native else "python", **kw)
+    def make(target, **settings):
+        return start_relay(target, pump="auto" if native else "python", **{**kw, **settings})
     make.native = native
     return make
 
@@ -136,3 +137,8 @@ def test_an_upstream_reset_right_after_its_connect_ends_the_session_cleanly(run,
     assert closed_by.count("relay") <= connects_failed
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, bad[0].getMessage()
+
+
+@linux_only_because("finds the relay's socket through /proc/self/fd to shrink its send buffer")
+def test_drain_timeout_cuts_a_client_that_never_takes_what_it_is_owed(run, make_relay):
+    run(conformance.check_drain_timeout(make_relay))
