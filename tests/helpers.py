@@ -161,8 +161,13 @@ def sockets_here(peer) -> List[socket.socket]:
     found = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            s = socket.socket(fileno=os.dup(int(name)))
+            fd = os.dup(int(name))
         except OSError:
+            continue                       # the listing's own descriptor, closed by now
+        try:
+            s = socket.socket(fileno=fd)
+        except OSError:                    # not a socket: close the duplicate, or it leaks
+            os.close(fd)
             continue
         try:
             if s.type == socket.SOCK_STREAM and s.getpeername()[:2] == tuple(peer):
