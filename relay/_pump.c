@@ -29,7 +29,7 @@
 #define MAX_EVENTS 256
 #define RELEASE_BATCH 64          /* ended pairs whose release may wait for the thread's next command */
 
-enum { CMD_ADD, CMD_CLOSE, CMD_ABORT, CMD_RELEASE };
+enum { CMD_ADD, CMD_CLOSE, CMD_ABORT };
 /* who ended a pair, as reported: the side (0 client, 1 upstream) that sent FIN or was lost first,
  * or the relay */
 enum { BY_CLIENT = 0, BY_UPSTREAM = 1, BY_RELAY = 2 };
@@ -63,6 +63,7 @@ struct pair {
     int drain_ms;
     int64_t deadline;       /* closing: monotonic ms by which pending bytes must be gone */
     struct pair *prev, *next;
+    struct pair *done_next; /* once ended: the pump's reported, then released list (under its lock) */
 };
 
 struct report { struct pair *pair; uint64_t bytes[2]; int32_t by, err; };
@@ -74,7 +75,12 @@ struct pump {
     int ep, cmd_fd, report_fd;
     pthread_t thread;
     pthread_mutex_t lock;
-    struct queue cmds, reports;
+    struct queue cmds;
+    /* ended pairs, linked through the pairs themselves: reporting and releasing need no memory, so
+     * they cannot fail. Python takes reports from `reported`; each goes on `released`, and the
+     * thread frees those after the commands queued before them. */
+    struct pair *reported, *reported_tail, *released;
+    int released_count;
     struct pair *live;      /* pairs the thread owns and has not reported */
     int closing_count;
     char *scratch;
@@ -155,9 +161,10 @@ static void finish_if_done(struct pump *p, struct pair *pr) {
     if (pr->prev) pr->prev->next = pr->next; else p->live = pr->next;
     if (pr->next) pr->next->prev = pr->prev;
     pr->prev = pr->next = NULL;
-    struct report r = { pr, { pr->bytes[0], pr->bytes[1] }, pr->by, pr->err };
     pthread_mutex_lock(&p->lock);
-    q_push(&p->reports, &r);
+    pr->done_next = NULL;
+    if (p->reported_tail) p->reported_tail->done_next = pr; else p->reported = pr;
+    p->reported_tail = pr;
     pthread_mutex_unlock(&p->lock);
     wake(p->report_fd);
 }
@@ -330,6 +337,9 @@ static void run_commands(struct pump *p) {
     struct queue batch = p->cmds;                    /* take the whole queue; Python starts a new one */
     p->cmds.items = NULL;
     p->cmds.len = p->cmds.cap = 0;
+    struct pair *released = p->released;             /* freed after this batch: the commands before them */
+    p->released = NULL;
+    p->released_count = 0;
     pthread_mutex_unlock(&p->lock);
     struct cmd *cmds = batch.items;
     for (size_t k = 0; k < batch.len; k++) {
@@ -342,10 +352,15 @@ static void run_commands(struct pump *p) {
         case CMD_ABORT:
             if (!pr->reported) { ended_by(pr, BY_RELAY, 0); cut(p, pr); }
             break;
-        case CMD_RELEASE: free(pr); __atomic_sub_fetch(&p->pairs, 1, __ATOMIC_RELAXED); break;
         }
     }
     free(cmds);
+    while (released) {
+        struct pair *pr = released;
+        released = pr->done_next;
+        free(pr);
+        __atomic_sub_fetch(&p->pairs, 1, __ATOMIC_RELAXED);
+    }
 }
 
 static void expire(struct pump *p) {
@@ -407,7 +422,6 @@ struct pump *relay_pump_start(long high, long low) {
     p->high = (size_t)high;
     p->low = (size_t)low;
     p->cmds.size = sizeof(struct cmd);
-    p->reports.size = sizeof(struct report);
     p->scratch = malloc(SCRATCH);
     p->ep = epoll_create1(EPOLL_CLOEXEC);
     p->cmd_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -486,18 +500,18 @@ int relay_pump_reports(struct pump *p, struct report *out, int max) {
     ssize_t r = read(p->report_fd, &n, sizeof n);
     (void)r;
     pthread_mutex_lock(&p->lock);
-    int k = (int)(p->reports.len < (size_t)max ? p->reports.len : (size_t)max);
-    memcpy(out, p->reports.items, (size_t)k * sizeof *out);
-    memmove(p->reports.items, (char *)p->reports.items + (size_t)k * sizeof *out,
-            (p->reports.len - (size_t)k) * sizeof *out);
-    p->reports.len -= (size_t)k;
-    int more = p->reports.len > 0;
-    int released = 0;
-    for (int j = 0; j < k; j++) {
-        struct cmd c = { CMD_RELEASE, out[j].pair };
-        if (q_push(&p->cmds, &c) == 0) released++;   /* out of memory: that pair's struct leaks */
+    int k = 0;
+    while (k < max && p->reported) {
+        struct pair *pr = p->reported;
+        p->reported = pr->done_next;
+        if (!p->reported) p->reported_tail = NULL;
+        out[k++] = (struct report){ pr, { pr->bytes[0], pr->bytes[1] }, pr->by, pr->err };
+        pr->done_next = p->released;                 /* Python forgets it now: the thread frees it */
+        p->released = pr;
+        p->released_count++;
     }
-    int wake_pump = released && p->cmds.len >= RELEASE_BATCH;
+    int more = p->reported != NULL;
+    int wake_pump = k && p->released_count >= RELEASE_BATCH;
     pthread_mutex_unlock(&p->lock);
     if (more) wake(p->report_fd);
     if (wake_pump) wake(p->cmd_fd);

@@ -131,6 +131,9 @@ def pump(loop: asyncio.AbstractEventLoop, marks: Tuple[int, int], threads: int =
     return least_busy
 
 
+CLOSE_RETRY = 0.1     # seconds before a close the pump could not take is asked again
+
+
 class NativePump:
     """One pump thread (its own epoll, command and report queues), for as long as the process lives."""
 
@@ -169,7 +172,13 @@ class NativePump:
         return pair
 
     def close(self, pair: int, abort: bool) -> None:
-        self.lib.relay_pump_close(self.handle, pair, 1 if abort else 0)
+        if self.lib.relay_pump_close(self.handle, pair, 1 if abort else 0) != 0 and self.loop is not None:
+            # the command queue could not grow (out of memory): ask again shortly, while the pair is ours
+            self.loop.call_later(CLOSE_RETRY, self._close_again, pair, abort)
+
+    def _close_again(self, pair: int, abort: bool) -> None:
+        if pair in self.pairs:
+            self.close(pair, abort)
 
     def counts(self, pair: int) -> Tuple[int, int, int, int]:
         """Bytes read from the client and from upstream; of each, how many the pump holds unsent."""

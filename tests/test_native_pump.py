@@ -411,3 +411,34 @@ def test_the_native_pump_runs_with_the_python_pumps_marks(run):
         return native_pump.pump(asyncio.get_running_loop(), (pump.HIGH_WATER, pump.LOW_WATER)).marks()
     assert run(main()) == (pump.HIGH_WATER, pump.LOW_WATER)
 
+
+
+def test_a_close_the_pump_cannot_queue_is_asked_again(run, caplog, monkeypatch):
+    """Fault injection: the command queue cannot grow once (relay_pump_close returns -1, as on
+    ENOMEM). The kick still closes both legs, on the second try, and the session ends."""
+    async def main():
+        async with Backend(echo) as backend:
+            relay = await start_relay(backend.endpoint, tws_aware=False)
+            streams = await _handed_over_sessions(relay, 1)
+            splice = streams[0][0]
+            pump = splice.native_pump
+            real, failures = pump.lib, []
+
+            class FailsOnce:
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def relay_pump_close(self, *args):
+                    if not failures:
+                        failures.append(args)
+                        return -1
+                    return real.relay_pump_close(*args)
+            monkeypatch.setattr(pump, "lib", FailsOnce())
+            splice.abort("relay (kicked)")
+            await wait_for(lambda: not relay.routes[0].active, timeout=5, what="the session to end")
+            assert len(failures) == 1 and splice.closed_by == "relay (kicked)"
+            for _, _, writer in streams:
+                writer.close()
+            await relay.shutdown(0)
+    with caplog.at_level(logging.INFO, logger="relay"):
+        run(main())
