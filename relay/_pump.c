@@ -9,7 +9,8 @@
  * with pairs polls without sleeping, yielding the CPU between polls, for that many microseconds
  * before it sleeps: a thread that sleeps is placed on a CPU again when woken, and on a small
  * machine often beside the thread that sends to it (docs/benchmarks.md). Loaded with ctypes: no
- * Python headers needed to build it.
+ * Python headers needed to build it. One file on purpose (over 400 lines): one translation unit
+ * that setup.py builds as is, with no header between its two sides (the thread's and Python's).
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -1,7 +1,8 @@
 """relay.yaml: parse and validate, with no I/O beyond reading the file.
 
 Every problem becomes one ConfigError naming the file, the key path and what is wrong,
-so the CLI can print one line and exit 2.
+so the CLI can print one line and exit 2. Over 400 lines: every setting's type, default, range and
+error text in one place, so `relay check` and the relay can never disagree.
 """
 from __future__ import annotations
 

@@ -3,6 +3,9 @@
 The rules it follows, and the native pump (native_pump.py, _pump.c) with it, are written once in
 docs/architecture.md ("The pump's rules"). Once a session's opening is settled it hands both sockets
 to the native pump where that was built, which reports the close back here.
+
+Over 400 lines until the TWS session (its phases, clientId, the 326 reply, the reply and watch
+timers) moves out of Splice into an observer of its own (issue: "one home for a TWS session").
 """
 from __future__ import annotations
 

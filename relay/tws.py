@@ -1,5 +1,7 @@
 """What the relay knows of the TWS / IB Gateway API socket protocol. Pure: bytes in, values out (the one
-exchange over a socket, the version probe, is in probe.py).
+exchange over a socket, the version probe, is in probe.py). Over 400 lines: the framing, the reader
+of a session's opening and the messages the relay writes share one set of version rules (text, raw
+id from 201, protobuf from 213), kept together so they cannot drift apart.
 
 Framing: a 4-byte big-endian length, then the payload; up to server version 200 the payload is
 NUL-terminated ASCII fields. The client opens with b"API\\0" and one framed "v<min>..<max>" string;
