@@ -114,3 +114,10 @@ def test_the_readme_is_a_front_page():
     assert len(text.encode()) <= 20 * 1024
     for heading in ("## Two commands", "## Quick start", "## Commands", "## Safety", "## Limits", "## Documentation"):
         assert f"\n{heading}\n" in text, heading
+
+
+def test_the_changelog_names_the_packages_version_as_its_newest_release():
+    from relay import __version__
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", read("CHANGELOG.md"), re.M)
+    assert releases and releases[0] == __version__
+    assert read("CHANGELOG.md").index("## [Unreleased]") < read("CHANGELOG.md").index(f"## [{__version__}]")
