@@ -12,7 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -117,13 +117,8 @@ MAX_BUSY_POLL = 1000
 TARGET_CHECKS = ("connect", "handshake", "off")
 WSL_ADAPTER = "wsl"
 
-_TOP_KEYS = ("routes", "connect_timeout", "keepalive", "user_timeout", "shutdown_grace",
-             "drain_timeout", "expose_to_all_networks", "discovery_port", "tws_aware",
-             "reject_duplicate_client_id", "target_check", "check_interval", "check_interval_down",
-             "status_port", "log", "loop", "pump", "pump_threads", "busy_poll")
 _ROUTE_KEYS = ("name", "listen", "target", "allow", "max_connections")
 _KEEPALIVE_KEYS = ("idle", "interval", "count")
-_LOG_KEYS = ("level", "format", "file")
 _LISTEN_KEYS = ("interface", "port")
 
 
@@ -253,61 +248,95 @@ def parse_listen(value: Any, path: str) -> Tuple[Endpoint, Optional[str]]:
     return parse_endpoint(value, path, listen=True), None
 
 
+# ---------------------------------------------------------------- the settings, in one table
+# Each reads the raw value at its key path and returns the Settings value or raises ConfigError.
+
+def _seconds(low: float, high: float) -> Callable[[Any, str], float]:
+    return lambda v, path: float(_number(v, path, low=low, high=high))
+
+
+def _whole(low: int, high: int) -> Callable[[Any, str], int]:
+    return lambda v, path: int(_number(v, path, low=low, high=high, integer=True))
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any, str], str]:
+    return lambda v, path: _choice(v, path, choices)
+
+
+def _flag(v: Any, path: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"expected true or false, got {_kind(v)}", path)
+    return v
+
+
+def _port_or_off(v: Any, path: str) -> Optional[int]:
+    return None if v is False else int(_number(v, path, low=0, high=65535, integer=True))
+
+
+def _target_check(v: Any, path: str) -> str:
+    if isinstance(v, bool):   # YAML 1.1 reads a bare `off` / `no` as false
+        v = "connect" if v else "off"
+    return _choice(v, path, TARGET_CHECKS)
+
+
+def _log_file(v: Any, path: str) -> str:
+    if v is False:
+        return "off"
+    if isinstance(v, str) and v.strip():
+        return v.strip()
+    raise ConfigError(f"expected a file path, or false, got {_kind(v)}", path)
+
+
+def _pump_threads(v: Any, path: str) -> int:
+    if isinstance(v, str) and v != "auto":
+        raise ConfigError(f"expected a whole number (1-{MAX_PUMP_THREADS}) or 'auto', got {v!r}", path)
+    return 0 if v == "auto" else int(_number(v, path, low=1, high=MAX_PUMP_THREADS, integer=True))
+
+
+def _keepalive(v: Any, path: str) -> Keepalive:
+    ka = _mapping(v, path, _KEEPALIVE_KEYS)
+    limits = {"idle": (1, 7200), "interval": (1, 600), "count": (1, 127)}
+    return Keepalive(**{k: int(_number(x, _join(path, k), low=limits[k][0], high=limits[k][1], integer=True))
+                        for k, x in ka.items()})
+
+
+# key in relay.yaml (a dot: inside a section), Settings field, how its value is read
+SETTINGS: Tuple[Tuple[str, str, Callable[[Any, str], Any]], ...] = (
+    ("connect_timeout", "connect_timeout", _seconds(0.01, 600)),
+    ("keepalive", "keepalive", _keepalive),
+    ("user_timeout", "user_timeout", _seconds(0, 3600)),
+    ("shutdown_grace", "shutdown_grace", _seconds(0, 3600)),
+    ("drain_timeout", "drain_timeout", _seconds(0.01, 3600)),
+    ("expose_to_all_networks", "expose_to_all_networks", _flag),
+    ("discovery_port", "discovery_port", _port_or_off),
+    ("tws_aware", "tws_aware", _flag),
+    ("reject_duplicate_client_id", "reject_duplicate_client_id", _flag),
+    ("target_check", "target_check", _target_check),
+    ("check_interval", "check_interval", _seconds(0.1, 3600)),
+    ("check_interval_down", "check_interval_down", _seconds(0.05, 3600)),
+    ("status_port", "status_port", _port_or_off),
+    ("log.level", "log_level", _one_of(LOG_LEVELS)),
+    ("log.format", "log_format", _one_of(LOG_FORMATS)),
+    ("log.file", "log_file", _log_file),
+    ("loop", "loop", _one_of(LOOPS)),
+    ("pump", "pump", _one_of(PUMPS)),
+    ("pump_threads", "pump_threads", _pump_threads),
+    ("busy_poll", "busy_poll", _whole(0, MAX_BUSY_POLL)),
+)
+_TOP_KEYS = ("routes",) + tuple(dict.fromkeys(key.split(".")[0] for key, _, _ in SETTINGS))
+_SECTION_KEYS = {section: tuple(key.split(".")[1] for key, _, _ in SETTINGS if key.startswith(section + "."))
+                 for section in {key.split(".")[0] for key, _, _ in SETTINGS if "." in key}}
+
+
 def parse_settings(doc: dict) -> Settings:
+    sections = {name: _mapping(doc[name], name, keys) for name, keys in _SECTION_KEYS.items() if name in doc}
     kw: dict = {}
-    for key, low, high in (("connect_timeout", 0.01, 600), ("user_timeout", 0, 3600),
-                           ("shutdown_grace", 0, 3600), ("drain_timeout", 0.01, 3600)):
-        if key in doc:
-            kw[key] = float(_number(doc[key], key, low=low, high=high))
-    if "keepalive" in doc:
-        ka = _mapping(doc["keepalive"], "keepalive", _KEEPALIVE_KEYS)
-        limits = {"idle": (1, 7200), "interval": (1, 600), "count": (1, 127)}
-        kw["keepalive"] = Keepalive(**{k: int(_number(v, _join("keepalive", k), low=limits[k][0],
-                                                      high=limits[k][1], integer=True))
-                                       for k, v in ka.items()})
-    for key in ("expose_to_all_networks", "tws_aware", "reject_duplicate_client_id"):
-        if key in doc:
-            if not isinstance(doc[key], bool):
-                raise ConfigError(f"expected true or false, got {_kind(doc[key])}", key)
-            kw[key] = doc[key]
-    for key in ("discovery_port", "status_port"):
-        if key in doc:
-            v = doc[key]
-            kw[key] = None if v is False else int(_number(v, key, low=0, high=65535, integer=True))
-    if "target_check" in doc:
-        v = doc["target_check"]
-        if isinstance(v, bool):   # YAML 1.1 reads a bare `off` / `no` as false
-            v = "connect" if v else "off"
-        kw["target_check"] = _choice(v, "target_check", TARGET_CHECKS)
-    for key, low in (("check_interval", 0.1), ("check_interval_down", 0.05)):
-        if key in doc:
-            kw[key] = float(_number(doc[key], key, low=low, high=3600))
-    if "log" in doc:
-        log = _mapping(doc["log"], "log", _LOG_KEYS)
-        if "level" in log:
-            kw["log_level"] = _choice(log["level"], "log.level", LOG_LEVELS)
-        if "format" in log:
-            kw["log_format"] = _choice(log["format"], "log.format", LOG_FORMATS)
-        if "file" in log:
-            v = log["file"]
-            if v is False:
-                kw["log_file"] = "off"
-            elif isinstance(v, str) and v.strip():
-                kw["log_file"] = v.strip()
-            else:
-                raise ConfigError(f"expected a file path, or false, got {_kind(v)}", "log.file")
-    if "loop" in doc:
-        kw["loop"] = _choice(doc["loop"], "loop", LOOPS)
-    if "pump" in doc:
-        kw["pump"] = _choice(doc["pump"], "pump", PUMPS)
-    if "pump_threads" in doc:
-        v = doc["pump_threads"]
-        if isinstance(v, str) and v != "auto":
-            raise ConfigError(f"expected a whole number (1-{MAX_PUMP_THREADS}) or 'auto', got {v!r}", "pump_threads")
-        kw["pump_threads"] = 0 if v == "auto" else int(_number(v, "pump_threads", low=1, high=MAX_PUMP_THREADS,
-                                                                   integer=True))
-    if "busy_poll" in doc:
-        kw["busy_poll"] = int(_number(doc["busy_poll"], "busy_poll", low=0, high=MAX_BUSY_POLL, integer=True))
+    for key, field_name, read in SETTINGS:
+        section, _, inner = key.partition(".")
+        where = sections.get(section, {}) if inner else doc
+        name = inner or key
+        if name in where:
+            kw[field_name] = read(where[name], key)
     return Settings(**kw)
 
 
