@@ -121,3 +121,20 @@ def test_the_changelog_names_the_packages_version_as_its_newest_release():
     releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}$", read("CHANGELOG.md"), re.M)
     assert releases and releases[0] == __version__
     assert read("CHANGELOG.md").index("## [Unreleased]") < read("CHANGELOG.md").index(f"## [{__version__}]")
+
+
+def test_every_warning_the_relay_logs_is_explained_in_troubleshooting():
+    """The troubleshooting page keeps up with the code: each WARNING / ERROR event and each route
+    state the relay can show has a row (or a mention) there."""
+    names = set()
+    for folder, _, files in os.walk(os.path.join(ROOT, "relay")):
+        for f in files:
+            if f.endswith(".py"):
+                text = read(os.path.relpath(os.path.join(folder, f), ROOT))
+                names.update(re.findall(r'event\(log, logging\.(?:WARNING|ERROR), "([a-z-]+)"', text))
+                names.update(re.findall(r'(?:set_state|_note)\((?:logging\.\w+, )?"([a-z-]+)"', text))
+                names.update(re.findall(r'\.log\(logging\.ERROR if bug else logging\.WARNING, "([a-z-]+)"', text))
+    page = read("docs", "troubleshooting.md")
+    assert len(names) > 20
+    missing = sorted(n for n in names if f"`{n}" not in page and f"{n}`" not in page and n != "listening")
+    assert not missing, missing
