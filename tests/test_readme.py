@@ -138,3 +138,11 @@ def test_every_warning_the_relay_logs_is_explained_in_troubleshooting():
     assert len(names) > 20
     missing = sorted(n for n in names if f"`{n}" not in page and f"{n}`" not in page and n != "listening")
     assert not missing, missing
+
+
+def test_the_relay_yaml_reference_names_every_setting():
+    from relay import config as cfg
+    page = read("docs", "configuration.md")
+    reference = page[page.index("## relay.yaml reference"):page.index("## Several relays")]
+    missing = [key for key, _, _ in cfg.SETTINGS if key.split(".")[-1] + ":" not in reference]
+    assert not missing, missing
