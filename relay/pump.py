@@ -2,10 +2,8 @@
 
 The rules it follows, and the native pump (native_pump.py, _pump.c) with it, are written once in
 docs/architecture.md ("The pump's rules"). Once a session's opening is settled it hands both sockets
-to the native pump where that was built, which reports the close back here.
-
-Over 400 lines until the TWS session (its phases, clientId, the 326 reply, the reply and watch
-timers) moves out of Splice into an observer of its own (issue: "one home for a TWS session").
+to the native pump where that was built, which reports the close back here. What the relay knows
+of the TWS session on the connection lives in session.py.
 """
 from __future__ import annotations
 
@@ -15,9 +13,10 @@ import os
 import time
 from typing import Callable, List, Optional, Protocol
 
-from . import native_pump, tws
+from . import native_pump
 from .config import Route, Settings
 from .error_words import describe
+from .session import SessionOwner, TwsSession
 
 # Write-buffer marks for every transport (uvloop's default low mark is 16 bytes, so always set them),
 # and for the native pump, which is given these at its start: one source.
@@ -36,17 +35,15 @@ HANDOVER_RETRY = 0.1
 log = logging.getLogger("relay")
 
 
-class Owner(Protocol):
-    """What a Splice needs from whoever runs it (route_server.RouteServer): its route and settings, and
-    these calls at the points of a session's life."""
+class Owner(SessionOwner, Protocol):
+    """What a Splice needs from whoever runs it (route_server.RouteServer): its route and settings,
+    these calls at the points of a connection's life, and what its TWS session needs (SessionOwner)."""
     route: Route
     settings: Settings
 
     def admit(self, splice: "Splice") -> bool: ...
     def tune(self, transport: asyncio.BaseTransport, accepted: bool) -> None: ...
     def connect_failed(self, splice: "Splice", err: BaseException) -> None: ...
-    def tws_event(self, splice: "Splice", ev: object) -> None: ...
-    def no_version_reply(self, splice: "Splice") -> None: ...
     def finished(self, splice: "Splice") -> None: ...
 
 
@@ -113,8 +110,7 @@ class Splice:
     """One client connection and its upstream connection."""
 
     __slots__ = ("owner", "client", "upstream", "held", "held_bytes", "connect_task", "connect_timer", "started",
-                 "peer", "closed_by", "drain_timers", "finished", "handshake", "client_id", "server_version", "process",
-                 "phase", "reason", "hello_seen", "reply_timer", "watch_timer", "native", "native_pump", "handed_over",
+                 "peer", "closed_by", "drain_timers", "finished", "session", "native", "native_pump", "handed_over",
                  "loop", "__weakref__")
 
     def __init__(self, owner: Owner, loop: asyncio.AbstractEventLoop):
@@ -132,23 +128,14 @@ class Splice:
         self.closed_by: Optional[str] = None
         self.drain_timers: List[asyncio.TimerHandle] = []
         self.finished = False
-        self.client_id: Optional[int] = None
-        self.server_version: Optional[int] = None
-        self.process: Optional[tuple] = None      # (pid, command line) of a local client, when known
-        # connecting -> hello -> api-ready | refused; 'relaying' when not read (not TWS, or awareness off)
-        self.phase = "connecting"
-        self.reason: Optional[str] = None         # why it was refused, in TWS's words or ours
-        self.hello_seen = False
-        self.reply_timer: Optional[asyncio.TimerHandle] = None
-        self.watch_timer: Optional[asyncio.TimerHandle] = None   # ends the watch of the opening
-        self.handshake: Optional[tws.Handshake] = None
         self.native: Optional[int] = None         # the native pump's pair while it carries the bytes
         self.native_pump: Optional["native_pump.NativePump"] = None
         self.handed_over = False
-        if owner.settings.tws_aware:
-            self.handshake = tws.Handshake()
-            self.client.watch = self._watch_client
-            self.upstream.watch = self._watch_server
+        # the TWS session: it reads the opening while it lasts, and says when the bytes only need moving
+        self.session = TwsSession(self, owner, loop, self._settled)
+        if self.session.watching:
+            self.client.watch = self.session.from_client
+            self.upstream.watch = self.session.from_server
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -205,10 +192,7 @@ class Splice:
         if self.upstream.lost or up.is_closing():
             return                    # reset right after its connect: leg_lost has ended the session
         self.client.out = up
-        self.phase = "hello" if self.handshake is not None else "relaying"
-        if self.handshake is not None:
-            self.watch_timer = self.loop.call_later(tws.WATCH_TIMEOUT, self._watch_expired)
-        self._expect_reply()
+        self.session.connected()
         paused_by_hold = self.held_bytes >= HOLD_LIMIT
         if self.held:
             up.write(b"".join(self.held))
@@ -218,45 +202,6 @@ class Splice:
             self.send_eof(self.upstream)
         elif paused_by_hold and not self.upstream.write_paused:
             self.client.transport.resume_reading()
-        if self.handshake is None:
-            self._settled()
-
-    # -- TWS awareness: read the opening, then step aside ----------------------------------------
-
-    def _watch_client(self, data: bytes) -> None:
-        self._tws_events(self.handshake.from_client, data)
-
-    def _watch_server(self, data: bytes) -> None:
-        self._tws_events(self.handshake.from_server, data)
-
-    def _watch_expired(self) -> None:
-        self.watch_timer = None
-        if self.handshake is not None and not self.finished:
-            self._tws_events(self.handshake.expire, f"{tws.WATCH_TIMEOUT:g} s")
-
-    def _tws_events(self, feed: Callable[..., list], data: object) -> None:
-        handshake = self.handshake
-        try:
-            for ev in feed(data):
-                if isinstance(ev, tws.ClientHello):
-                    self.hello_seen = True
-                    self._expect_reply()
-                elif isinstance(ev, tws.ServerHello):
-                    self._cancel_reply_timer()
-                self.owner.tws_event(self, ev)
-        except Exception:   # knowing the session is a bonus: it must never break the connection
-            log.debug("tws-parse-error", exc_info=True)
-            handshake.done = True
-        if handshake.done:
-            self.client.watch = self.upstream.watch = None
-            self.handshake = None
-            self._cancel_reply_timer()
-            self._cancel_watch_timer()
-            if self.phase == "hello":
-                self.phase = "relaying"
-            self._settled()   # accepted, refused or unread: from here the bytes only need moving
-        elif handshake.start is not None:
-            self.client.watch = None   # TWS's answer settles it; the client's bytes need no more reading
 
     # -- the native pump: from a settled opening on, the bytes only need moving -----------------
 
@@ -319,35 +264,6 @@ class Splice:
             a, b, _, _ = self.native_pump.counts(self.native)
             up, down = up + a, down + b
         return up, down
-
-    def _expect_reply(self) -> None:
-        """Once the hello went upstream, TWS has tws.REPLY_TIMEOUT to send its version reply."""
-        if self.hello_seen and self.client.out is not None and self.server_version is None \
-                and self.reply_timer is None and not self.finished:
-            self.reply_timer = self.loop.call_later(tws.REPLY_TIMEOUT, self._no_reply)
-
-    def _no_reply(self) -> None:
-        self.reply_timer = None
-        if not self.finished and self.server_version is None:
-            self.owner.no_version_reply(self)
-
-    def _cancel_reply_timer(self) -> None:
-        if self.reply_timer is not None:
-            self.reply_timer.cancel()
-            self.reply_timer = None
-
-    def _cancel_watch_timer(self) -> None:
-        if self.watch_timer is not None:
-            self.watch_timer.cancel()
-            self.watch_timer = None
-
-    def reject_client_id(self) -> None:
-        """Answer with TWS's error 326, in the session's own form, and close both legs."""
-        self.closed_by = self.closed_by or "relay (client id in use)"
-        self.phase, self.reason = "refused", f"clientId {self.client_id} is in use through this relay (error 326)"
-        if self.server_version is not None and not self.client.lost and not self.client.transport.is_closing():
-            self.client.transport.write(tws.client_id_in_use(self.server_version, self.client_id))
-        self.close()
 
     def hold(self, data: bytes) -> None:
         self.held.append(data)
@@ -420,8 +336,7 @@ class Splice:
         if self.finished:
             return
         self.finished = True
-        self._cancel_reply_timer()
-        self._cancel_watch_timer()
+        self.session.ended()
         for timer in self.drain_timers:
             timer.cancel()
         self.held.clear()

@@ -209,17 +209,9 @@ class RouteServer:
 
         def done(f: asyncio.Future) -> None:
             found = None if f.cancelled() or f.exception() else f.result()
-            if found is None or splice.finished:
-                return
-            splice.process = found
-            if splice.client_id is not None:
-                self._log_client(splice)
+            if found is not None and not splice.finished:
+                splice.session.found_process(found)
         future.add_done_callback(done)
-
-    def _log_client(self, splice: Splice) -> None:
-        pid, command = splice.process
-        event(log, logging.INFO, "api-client", route=self.route.name, peer=splice.peer, client_id=splice.client_id,
-              pid=pid, command=command)
 
     def tune(self, transport: asyncio.BaseTransport, accepted: bool) -> None:
         if accepted and self.inherit:
@@ -243,52 +235,20 @@ class RouteServer:
               target=str(self.route.target), error=describe(err),
               hint="is TWS / IB Gateway running with the API enabled on that port?")
 
-    def tws_event(self, splice: Splice, ev: object) -> None:
-        if isinstance(ev, tws.ServerHello):
-            splice.server_version = ev.version
-            if self.state == "target-wedged" and self.server is not None:   # checks off: listening throughout
-                self.suspect_wedged, self.wedged_saw = False, None
-                self.set_state("listening", listen=str(self.address))
-                event(log, logging.INFO, "target-answers", route=self.route.name, target=str(self.route.target))
-        elif isinstance(ev, tws.ApiReady):
-            splice.phase = "api-ready"
-            event(log, logging.INFO, "api-ready", route=self.route.name, peer=splice.peer, client_id=splice.client_id,
-                  server_version=splice.server_version, accounts=ev.accounts)
-        elif isinstance(ev, tws.ApiRefused):
-            splice.phase, splice.reason = "refused", f"TWS error {ev.code}: {ev.text}"
-            event(log, logging.WARNING, "api-refused", route=self.route.name, peer=splice.peer,
-                  client_id=splice.client_id, code=ev.code, text=ev.text)
-        elif isinstance(ev, tws.StartApi):
-            splice.client_id = ev.client_id
-            event(log, logging.INFO, "api-start", route=self.route.name, peer=splice.peer,
-                  client_id=ev.client_id, server_version=splice.server_version)
-            if splice.process is not None:
-                self._log_client(splice)
-            holder = self.client_ids.claim(str(self.route.target), ev.client_id, splice)
-            if holder is not None:
-                rejecting = self.settings.reject_duplicate_client_id
-                event(log, logging.WARNING, "client-id-clash", route=self.route.name, client_id=ev.client_id,
-                      peer=splice.peer, held_by=holder.peer,
-                      action=f"answered with error 326 ({tws.error_form(splice.server_version)}) and closed"
-                      if rejecting else "passed on; TWS will refuse or time out the newcomer")
-                if rejecting:
-                    splice.reject_client_id()
-        elif isinstance(ev, tws.Unsettled):
-            splice.phase = "unsettled"
-            event(log, logging.WARNING, "api-unsettled", route=self.route.name, peer=splice.peer,
-                  client_id=splice.client_id, saw=",".join(ev.saw) or "nothing", missing=",".join(ev.missing),
-                  after=ev.bound, note="the opening did not settle; the session is relayed untouched")
-        elif isinstance(ev, tws.NotTws):
-            event(log, logging.DEBUG, "not-tws", route=self.route.name, peer=splice.peer, side=ev.side,
-                  reason=ev.reason)
+    def target_answered(self) -> None:
+        """TWS sent a version reply to a session: a wedge suspected with target checks off clears."""
+        if self.state == "target-wedged" and self.server is not None:   # checks off: listening throughout
+            self.suspect_wedged, self.wedged_saw = False, None
+            self.set_state("listening", listen=str(self.address))
+            event(log, logging.INFO, "target-answers", route=self.route.name, target=str(self.route.target))
 
-    def no_version_reply(self, splice: Splice) -> None:
+    def no_version_reply(self, peer: str) -> None:
         """A real session's hello got no version reply in time: TWS looks wedged. With target
         checks the next check (now) uses the handshake and stops the route while it stays so."""
         if self.suspect_wedged or self.state == "target-wedged":
             return
         self.suspect_wedged = True
-        self.wedged_saw = (f"the API hello of {splice.peer} got no version reply from {self.route.target} within "
+        self.wedged_saw = (f"the API hello of {peer} got no version reply from {self.route.target} within "
                            f"{tws.REPLY_TIMEOUT:g} s, though the connection was accepted")
         if self.settings.target_check == "off":
             self.set_state("target-wedged", target=str(self.route.target), saw=self.wedged_saw,
@@ -306,39 +266,18 @@ class RouteServer:
     def finished(self, splice: Splice) -> None:
         if splice not in self.active:
             return   # refused before it was admitted; already logged
-        if splice.phase == "hello" and splice.hello_seen:
-            self._refused_silently(splice)
+        session = splice.session
+        session.diagnose()
         del self.active[splice]
         if not self.active:
             self.idle.set()
         fields = {}
-        if splice.client_id is not None:
-            self.client_ids.release(str(self.route.target), splice.client_id, splice)
-            fields = {"client_id": splice.client_id, "server_version": splice.server_version}
+        if session.client_id is not None:
+            session.release()
+            fields = {"client_id": session.client_id, "server_version": session.server_version}
         up, down = splice.counts()
         event(log, logging.INFO, "close", route=self.route.name, peer=splice.peer, bytes_up=up, bytes_down=down,
               duration=round(splice.duration, 3), closed_by=splice.closed_by or "?", **fields)
-
-    def _refused_silently(self, splice: Splice) -> None:
-        """The session ended after TWS's version reply but before TWS settled it: say the likely causes."""
-        id_text = f"clientId {splice.client_id}" if splice.client_id is not None else "the clientId"
-        by_tws = bool(splice.closed_by) and splice.closed_by.startswith("upstream")
-        if splice.server_version is None:
-            if not by_tws:
-                return      # the bot gave up waiting for the version reply: the wedge timer speaks of that
-            why = ("TWS accepted the connection and closed it before answering the API handshake: the API is not "
-                   "enabled on that port (Configure > API > Settings), or this is not TWS's API port")
-        elif splice.client_id is None:
-            why = "the bot left before sending startApi"
-        elif by_tws:
-            why = (f"TWS closed the session after startApi without a message: {id_text} already in use, or the "
-                   f"API is not enabled for this port (Configure > API > Settings)")
-        else:
-            why = (f"TWS stayed silent after startApi until the bot gave up: an 'accept incoming connection?' "
-                   f"dialog may be waiting on the Windows desktop, or {id_text} is already in use")
-        splice.phase, splice.reason = "refused", why
-        event(log, logging.WARNING, "api-refused", route=self.route.name, peer=splice.peer, client_id=splice.client_id,
-              reason=why)
 
     def _refuse(self, reason: str, peer: str, key: object = None, **fields) -> None:
         ok, suppressed = self.refusals.allow((reason, key))

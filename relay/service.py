@@ -309,7 +309,7 @@ class Relay:
         if route is not None and not isinstance(route, str):
             return {"ok": False, "error": "route must be a route's name"}
         held = [(r, sp) for r in self.routes if route in (None, r.route.name) for sp in r.active
-                if sp.client_id == client_id]
+                if sp.session.client_id == client_id]
         if not held:
             where = f" on route {route}" if route else ""
             return {"ok": False, "error": f"no connection holds clientId {client_id}{where} through this relay"}
@@ -355,11 +355,11 @@ class Relay:
                "routes": [{"name": r.route.name, "state": r.live_state, "listen": r.state_fields.get("listen")
                            or (f"{r.route.interface}:{r.route.listen.port}" if r.route.interface else str(r.address)),
                            "target": str(r.route.target), "target_up": r.target_up,
-                           "connections": [{"peer": sp.peer, "client_id": sp.client_id,
-                                            "phase": sp.phase, "reason": sp.reason,
-                                            "pid": sp.process[0] if sp.process else None,
-                                            "command": sp.process[1] if sp.process else None,
-                                            "server_version": sp.server_version,
+                           "connections": [{"peer": sp.peer, "client_id": sp.session.client_id,
+                                            "phase": sp.session.phase, "reason": sp.session.reason,
+                                            "pid": sp.session.process[0] if sp.session.process else None,
+                                            "command": sp.session.process[1] if sp.session.process else None,
+                                            "server_version": sp.session.server_version,
                                             **dict(zip(("bytes_up", "bytes_down"), sp.counts())),
                                             "pump": "native" if sp.native is not None else "python",
                                             "age": round(now - sp.started, 1)}

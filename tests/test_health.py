@@ -76,7 +76,7 @@ def test_a_silent_tws_after_start_api_gets_its_likely_causes_in_status(run, capl
         fake._answer = lambda v, mid, f, w: True if mid == 71 else fake._answer_real(v, mid, f, w)   # startApi: silence
         r, w, _ = await opening(port, 4)
         await wait_for(lambda: (await_status := relay.routes[0].active) and
-                       next(iter(await_status)).client_id == 4, what="startApi read")
+                       next(iter(await_status)).session.client_id == 4, what="startApi read")
         (conn,) = (await status(relay))["routes"][0]["connections"]
         assert conn["phase"] == "hello"
         w.close()                                              # the bot gives up, as at its timeout

@@ -57,15 +57,15 @@ def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(run, caplog)
             route = relay.routes[0]
             reader, writer = await asyncio.open_connection(*address(relay))
             writer.write(client)
-            await wait_for(lambda: route.active and next(iter(route.active)).server_version == 176,
+            await wait_for(lambda: route.active and next(iter(route.active)).session.server_version == 176,
                            what="TWS's version reply")
             splice = next(iter(route.active))
             await asyncio.sleep(0)   # a hand-over would be scheduled by now: there must be none
-            assert splice.native is None and splice.phase == "hello", "handed over before TWS answered"
+            assert splice.native is None and splice.session.phase == "hello", "handed over before TWS answered"
             answer.set()
             assert await reader.readexactly(len(server)) == server
             await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            assert splice.phase == "api-ready" and splice.client_id == 7
+            assert splice.session.phase == "api-ready" and splice.session.client_id == 7
 
             writer.write(payload)
             assert await reader.readexactly(len(payload)) == payload

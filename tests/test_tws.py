@@ -296,7 +296,7 @@ def test_tws_awareness_off_logs_no_client_ids(run, caplog):
         relay = await start_relay(Endpoint("127.0.0.1", port), tws_aware=False)
         r, w = await connect_bot(relay.routes[0].address.port, 1)
         assert (await read_message(r))[0] == "15"
-        assert relay.routes[0].active and next(iter(relay.routes[0].active)).client_id is None
+        assert relay.routes[0].active and next(iter(relay.routes[0].active)).session.client_id is None
         w.close()
         await relay.shutdown(0)
         fake.close()
@@ -324,7 +324,7 @@ def test_a_session_that_never_settles_is_relayed_exactly_and_leaves_the_watch(ru
         await wait_for(lambda: fake.streamed, what="the stand-in's stream")
         assert await reader.readexactly(len(fake.streamed)) == fake.streamed
         splice = next(iter(relay.routes[0].active))
-        await wait_for(lambda: splice.handshake is None, what="the end of the watch")
+        await wait_for(lambda: splice.session.handshake is None, what="the end of the watch")
         await wait_for(lambda: splice.handed_over == (pump == "native"), what="the pump that carries the session")
         writer.write(tws.fields_message(49, 1))                  # the session still works both ways
         assert (await read_message(reader))[0] == "49"
@@ -333,7 +333,7 @@ def test_a_session_that_never_settles_is_relayed_exactly_and_leaves_the_watch(ru
             assert line.fields["saw"] == "hello,version,startApi" and line.fields["client_id"] == 7
             assert line.fields["missing"] == "managedAccounts,nextValidId"
             assert line.fields["after"] == f"{tws.LIMIT // 1024} KiB from the server"
-            assert splice.phase == "unsettled"
+            assert splice.session.phase == "unsettled"
         else:
             assert records(caplog, "api-refused")[0].fields["code"] == 504 and not records(caplog, "api-unsettled")
         writer.close()
