@@ -1,6 +1,7 @@
 """The command line: `relay` / `relay serve` (relay.yaml, or one route), `relay check`, `relay status`,
 `relay logs`, `relay stop`, `relay kick`, `relay doctor`, and `relay wsl discover | configure | forward |
-autostart` (the WSL side); also the service runner (signals, a graceful stop, Ctrl+C twice).
+autostart` (the WSL side, in relay/wsl/commands.py). The service runner (signals, a graceful stop,
+Ctrl+C twice) is relay/runner.py.
 
 Exit codes: 0 stopped cleanly, 1 unexpected failure, 2 bad configuration, usage or bind error.
 """
@@ -9,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from dataclasses import replace
 from typing import List, Optional, Tuple
 
 import click
 
 from . import __version__, config as cfg, discovery, tws
-from .cli_args import EXIT_FAIL, EXIT_OK, PORT_OR_OFF, PUMP_THREADS, STATUS_PORT, fail
+from .cli_args import EXIT_FAIL, EXIT_OK, STATUS_PORT, fail, setting_options
 from .runner import run
 from .service import Relay
 from .wsl.commands import wsl
@@ -60,12 +62,6 @@ def _threads_running(status: dict) -> str:
 
 # ------------------------------------------------------------------------------------ commands
 
-def _apply_overrides(config: cfg.Config, **over) -> cfg.Config:
-    from dataclasses import replace
-    over = {k: v for k, v in over.items() if v is not None}
-    return replace(config, settings=replace(config.settings, **over))
-
-
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="relay")
 @click.pass_context
@@ -96,32 +92,9 @@ main.add_command(wsl)
 @click.option("--name", default=None,
               help="One-route form: route name for logs and `relay wsl` (default: tws-paper for a target on "
                    "port 7497, tws-live 7496, gateway-live 4001, gateway-paper 4002, else to-PORT).")
-@click.option("--discovery-port", type=PORT_OR_OFF, default=str(discovery.DEFAULT_PORT), show_default=True,
-              help="One-route form: port of the discovery answer `relay wsl discover` reads, on the listen "
-                   "address; 'off' turns it off. If another relay holds it, that relay answers for this one.")
-@click.option("--status-port", type=PORT_OR_OFF, default=str(STATUS_PORT), show_default=True,
-              help="One-route form: port of the local status answer (`relay status`), on 127.0.0.1; 'off' "
-                   "turns it off. If it is busy the relay takes a free port and `relay status` still finds it.")
-@click.option("--expose-to-all-networks", is_flag=True, default=None,
-              help="Allow listening on a wildcard address (0.0.0.0 or ::). Exposes the trading API: avoid.")
-@click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default=None,
-              help="Event loop (default from config, else auto: uvloop, winloop on Windows, else asyncio).")
-@click.option("--pump", type=click.Choice(cfg.PUMPS), default=None,
-              help="Who moves a session's bytes once its opening is settled (default from config, else auto: "
-                   "the native pump where it was built, Linux; 'python': always the event loop).")
-@click.option("--pump-threads", type=PUMP_THREADS, default=None,
-              help="Native pump threads; sessions go to the least busy (default from config, else auto: one per "
-                   "CPU the relay may use).")
-@click.option("--busy-poll", metavar="MICROSECONDS", type=click.IntRange(0, cfg.MAX_BUSY_POLL), default=None,
-              help="Native pump threads with sessions poll this long without sleeping before they sleep: lower "
-                   "latency under bursts on a small machine, at the cost of CPU (default from config, else 0: off).")
-@click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default=None, help="Log line format.")
-@click.option("--log-level", type=click.Choice(cfg.LOG_LEVELS), default=None, help="Least severe level logged.")
-@click.option("--log-file", metavar="PATH", default=None,
-              help="Also log to this rotating file ('off': never). Default: log.file, else a file only when there "
-                   "is no console (%LOCALAPPDATA%\\relay\\logs\\relay.log, ~/.local/state/relay/relay.log).")
-def serve(config_path, listen, target, allow, max_connections, name, discovery_port, status_port,
-          expose_to_all_networks, loop_choice, pump, pump_threads, busy_poll, log_format, log_level, log_file) -> None:
+@setting_options(one_route=True)
+@setting_options(one_route=False)
+def serve(config_path, listen, target, allow, max_connections, name, **settings) -> None:
     """Serve routes: from relay.yaml, or one route given by --listen and --target.
 
     \b
@@ -131,30 +104,29 @@ def serve(config_path, listen, target, allow, max_connections, name, discovery_p
       relay serve --listen 127.0.0.1:14001 --target 127.0.0.1:4001   # one route, like socat
     """
     ctx = click.get_current_context()
-    one_route_only = [f"--{n.replace('_', '-')}" for n in ("allow", "discovery_port", "status_port", "name")
-                      if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]
+    given = {k: v for k, v in settings.items() if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    one_route_only = [o for o, k in [("--allow", "allow"), ("--name", "name")] if ctx.get_parameter_source(k)
+                      == click.core.ParameterSource.COMMANDLINE]
+    one_route_only += [s.option for s in cfg.SETTINGS if s.one_route and s.field in given]
     if bool(listen) != bool(target):
         fail("--listen and --target go together")
     if listen:
         route = one_route(listen, target, allow, max_connections, name)
-        if discovery_port and route.listen.port == discovery_port:
-            if ctx.get_parameter_source("discovery_port") == click.core.ParameterSource.COMMANDLINE:
-                fail(f"--listen port {discovery_port} is also the discovery port: give --discovery-port another port")
-            discovery_port = None    # the route asked for the default discovery port: the route wins
-        config = cfg.Config(routes=(route,), settings=cfg.Settings(discovery_port=discovery_port,
-                                                                    status_port=status_port))
-        source_note = "command line"
+        if route.listen.port == given.get("discovery_port", cfg.DISCOVERY_PORT):
+            if "discovery_port" in given:
+                fail(f"--listen port {route.listen.port} is also the discovery port: give --discovery-port another port")
+            given["discovery_port"] = None   # the route asked for the default discovery port: the route wins
+        config, source_note = cfg.Config(routes=(route,)), "command line"
     else:
         if one_route_only:
             fail(f"{', '.join(one_route_only)} belong(s) to the one-route form (--listen/--target); "
                  "in relay.yaml use 'allow:', 'name:', 'discovery_port:' and 'status_port:'")
         config, source_note = _load(config_path)
-    config = _apply_overrides(config, expose_to_all_networks=expose_to_all_networks, pump=pump, pump_threads=pump_threads,
-                              busy_poll=busy_poll, log_format=log_format, log_level=log_level, log_file=log_file)
+    config = replace(config, settings=replace(config.settings, **given))
 
     async def make():
         return Relay(config)
-    sys.exit(run(config.settings, loop_choice or config.settings.loop, source_note, make))
+    sys.exit(run(config.settings, config.settings.loop, source_note, make))
 
 
 @main.command()

@@ -12,7 +12,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -263,7 +263,7 @@ def _one_of(choices: Sequence[str]) -> Callable[[Any, str], str]:
     return lambda v, path: _choice(v, path, choices)
 
 
-def _flag(v: Any, path: str) -> bool:
+def flag(v: Any, path: str) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(f"expected true or false, got {_kind(v)}", path)
     return v
@@ -300,38 +300,66 @@ def _keepalive(v: Any, path: str) -> Keepalive:
                         for k, x in ka.items()})
 
 
-# key in relay.yaml (a dot: inside a section), Settings field, how its value is read
-SETTINGS: Tuple[Tuple[str, str, Callable[[Any, str], Any]], ...] = (
-    ("connect_timeout", "connect_timeout", _seconds(0.01, 600)),
-    ("keepalive", "keepalive", _keepalive),
-    ("user_timeout", "user_timeout", _seconds(0, 3600)),
-    ("shutdown_grace", "shutdown_grace", _seconds(0, 3600)),
-    ("drain_timeout", "drain_timeout", _seconds(0.01, 3600)),
-    ("expose_to_all_networks", "expose_to_all_networks", _flag),
-    ("discovery_port", "discovery_port", _port_or_off),
-    ("tws_aware", "tws_aware", _flag),
-    ("reject_duplicate_client_id", "reject_duplicate_client_id", _flag),
-    ("target_check", "target_check", _target_check),
-    ("check_interval", "check_interval", _seconds(0.1, 3600)),
-    ("check_interval_down", "check_interval_down", _seconds(0.05, 3600)),
-    ("status_port", "status_port", _port_or_off),
-    ("log.level", "log_level", _one_of(LOG_LEVELS)),
-    ("log.format", "log_format", _one_of(LOG_FORMATS)),
-    ("log.file", "log_file", _log_file),
-    ("loop", "loop", _one_of(LOOPS)),
-    ("pump", "pump", _one_of(PUMPS)),
-    ("pump_threads", "pump_threads", _pump_threads),
-    ("busy_poll", "busy_poll", _whole(0, MAX_BUSY_POLL)),
+class Setting(NamedTuple):
+    key: str                              # in relay.yaml; a dot: inside a section
+    field: str                            # the Settings field
+    read: Callable[[Any, str], Any]       # raw value, key path -> the field's value, or ConfigError
+    metavar: str = ""                     # `relay serve --KEY`'s value, when the command line sets it too
+    help: str = ""                        # ... and its help ("" when only relay.yaml sets it)
+    one_route: bool = False               # ... only in the one-route form (--listen/--target)
+
+    @property
+    def option(self) -> str:
+        return "--" + self.key.replace(".", "-").replace("_", "-")
+
+
+SETTINGS: Tuple[Setting, ...] = (
+    Setting("connect_timeout", "connect_timeout", _seconds(0.01, 600)),
+    Setting("keepalive", "keepalive", _keepalive),
+    Setting("user_timeout", "user_timeout", _seconds(0, 3600)),
+    Setting("shutdown_grace", "shutdown_grace", _seconds(0, 3600)),
+    Setting("drain_timeout", "drain_timeout", _seconds(0.01, 3600)),
+    Setting("expose_to_all_networks", "expose_to_all_networks", flag, "",
+            "Allow listening on a wildcard address (0.0.0.0 or ::). Exposes the trading API: avoid."),
+    Setting("discovery_port", "discovery_port", _port_or_off, "PORT|off",
+            f"port of the discovery answer `relay wsl discover` reads, on the listen address (default: "
+            f"{DISCOVERY_PORT}); 'off' turns it off. If another relay holds it, that relay answers for this one.",
+            one_route=True),
+    Setting("tws_aware", "tws_aware", flag),
+    Setting("reject_duplicate_client_id", "reject_duplicate_client_id", flag),
+    Setting("target_check", "target_check", _target_check),
+    Setting("check_interval", "check_interval", _seconds(0.1, 3600)),
+    Setting("check_interval_down", "check_interval_down", _seconds(0.05, 3600)),
+    Setting("status_port", "status_port", _port_or_off, "PORT|off",
+            f"port of the local status answer (`relay status`), on 127.0.0.1 (default: {STATUS_PORT}); 'off' "
+            "turns it off. If it is busy the relay takes a free port and `relay status` still finds it.",
+            one_route=True),
+    Setting("log.level", "log_level", _one_of(LOG_LEVELS), "|".join(LOG_LEVELS), "Least severe level logged."),
+    Setting("log.format", "log_format", _one_of(LOG_FORMATS), "|".join(LOG_FORMATS), "Log line format."),
+    Setting("log.file", "log_file", _log_file, "PATH|off",
+            "Also log to this rotating file ('off': never). Default: log.file, else a file only when there is no "
+            "console (%LOCALAPPDATA%\\relay\\logs\\relay.log, ~/.local/state/relay/relay.log)."),
+    Setting("loop", "loop", _one_of(LOOPS), "|".join(LOOPS),
+            "Event loop (default from config, else auto: uvloop, winloop on Windows, else asyncio)."),
+    Setting("pump", "pump", _one_of(PUMPS), "|".join(PUMPS),
+            "Who moves a session's bytes once its opening is settled (default from config, else auto: the native "
+            "pump where it was built, Linux; 'python': always the event loop)."),
+    Setting("pump_threads", "pump_threads", _pump_threads, "N|auto",
+            "Native pump threads; sessions go to the least busy (default from config, else auto: one per CPU the "
+            "relay may use)."),
+    Setting("busy_poll", "busy_poll", _whole(0, MAX_BUSY_POLL), "MICROSECONDS",
+            "Native pump threads with sessions poll this long without sleeping before they sleep: lower latency "
+            "under bursts on a small machine, at the cost of CPU (default from config, else 0: off)."),
 )
-_TOP_KEYS = ("routes",) + tuple(dict.fromkeys(key.split(".")[0] for key, _, _ in SETTINGS))
-_SECTION_KEYS = {section: tuple(key.split(".")[1] for key, _, _ in SETTINGS if key.startswith(section + "."))
-                 for section in {key.split(".")[0] for key, _, _ in SETTINGS if "." in key}}
+_TOP_KEYS = ("routes",) + tuple(dict.fromkeys(s.key.split(".")[0] for s in SETTINGS))
+_SECTION_KEYS = {section: tuple(s.key.split(".")[1] for s in SETTINGS if s.key.startswith(section + "."))
+                 for section in {s.key.split(".")[0] for s in SETTINGS if "." in s.key}}
 
 
 def parse_settings(doc: dict) -> Settings:
     sections = {name: _mapping(doc[name], name, keys) for name, keys in _SECTION_KEYS.items() if name in doc}
     kw: dict = {}
-    for key, field_name, read in SETTINGS:
+    for key, field_name, read, *_ in SETTINGS:
         section, _, inner = key.partition(".")
         where = sections.get(section, {}) if inner else doc
         name = inner or key

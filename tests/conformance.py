@@ -1,6 +1,7 @@
 """Generic checks every relay variant must pass (after trio's check_half_closeable_stream).
 
-Each check takes `make_relay(target_endpoint) -> awaitable Relay` and uses real loopback sockets.
+Each check takes `make_relay(target_endpoint, **settings)`, an async context manager of a running
+Relay, and uses real loopback sockets.
 A maker whose `native` attribute is true runs the native pump: where a check looks inside the
 relay, it waits for the hand-over first, so it proves the pump it names.
 """
@@ -60,27 +61,26 @@ async def check_exact(make_relay, up: List[bytes], down: List[bytes], order: str
             await sender
 
     async with Backend(handler) as backend:
-        relay = await make_relay(backend.endpoint)
-        reader, writer = await asyncio.open_connection(*address(relay))
-        if order == "server-first":
-            got_down = await read_all(reader)
-            await _write_chunks(writer, up)
-            writer.write_eof()
-        elif order == "client-first":
-            await _write_chunks(writer, up)
-            writer.write_eof()
-            got_down = await read_all(reader)
-        else:
-            sender = asyncio.ensure_future(_send_then_eof(writer, up))
-            got_down = await read_all(reader)
-            await sender
-        await backend.wait_finished(1)
-        writer.close()
-        assert got_up == [b"".join(up)], "client -> server bytes differ"
-        assert got_down == b"".join(down), "server -> client bytes differ"
-        route = relay.routes[0]
-        await wait_for(lambda: not route.active, what="relay to drop the finished connection")
-        await relay.shutdown(0)
+        async with make_relay(backend.endpoint) as relay:
+            reader, writer = await asyncio.open_connection(*address(relay))
+            if order == "server-first":
+                got_down = await read_all(reader)
+                await _write_chunks(writer, up)
+                writer.write_eof()
+            elif order == "client-first":
+                await _write_chunks(writer, up)
+                writer.write_eof()
+                got_down = await read_all(reader)
+            else:
+                sender = asyncio.ensure_future(_send_then_eof(writer, up))
+                got_down = await read_all(reader)
+                await sender
+            await backend.wait_finished(1)
+            writer.close()
+            assert got_up == [b"".join(up)], "client -> server bytes differ"
+            assert got_down == b"".join(down), "server -> client bytes differ"
+            route = relay.routes[0]
+            await wait_for(lambda: not route.active, what="relay to drop the finished connection")
 
 
 async def check_half_close(make_relay, who_first: str) -> None:
@@ -105,32 +105,31 @@ async def check_half_close(make_relay, who_first: str) -> None:
             events.append(await read_all(reader))
 
     async with Backend(handler) as backend:
-        relay = await make_relay(backend.endpoint)
-        reader, writer = await asyncio.open_connection(*address(relay))
-        await wait_for(lambda: relay.routes[0].active, what="connection to open")
-        splice = next(iter(relay.routes[0].active))
-        if who_first == "client":
-            writer.write(b"question")
-            await settled(make_relay, splice)
-            writer.write_eof()
-            body = await read_all(reader)
-            assert body == b"".join(b"answer-%03d;" % i for i in range(50))
-            assert events == ["server saw client EOF"]
-        else:
-            writer.write(b"hi")
-            assert await reader.readexactly(5) == b"hello"
-            await settled(make_relay, splice)
-            go.set()
-            assert await read_all(reader) == b""      # server's FIN forwarded as EOF
-            for i in range(20):        # the client may keep talking after the server's FIN
-                writer.write(b"late-%02d;" % i)
-                await writer.drain()
-            writer.write_eof()
-            await backend.wait_finished(1)
-            assert events[0] == "server sent EOF"
-            assert events[1] == b"".join(b"late-%02d;" % i for i in range(20))
-        writer.close()
-        await relay.shutdown(0)
+        async with make_relay(backend.endpoint) as relay:
+            reader, writer = await asyncio.open_connection(*address(relay))
+            await wait_for(lambda: relay.routes[0].active, what="connection to open")
+            splice = next(iter(relay.routes[0].active))
+            if who_first == "client":
+                writer.write(b"question")
+                await settled(make_relay, splice)
+                writer.write_eof()
+                body = await read_all(reader)
+                assert body == b"".join(b"answer-%03d;" % i for i in range(50))
+                assert events == ["server saw client EOF"]
+            else:
+                writer.write(b"hi")
+                assert await reader.readexactly(5) == b"hello"
+                await settled(make_relay, splice)
+                go.set()
+                assert await read_all(reader) == b""      # server's FIN forwarded as EOF
+                for i in range(20):        # the client may keep talking after the server's FIN
+                    writer.write(b"late-%02d;" % i)
+                    await writer.drain()
+                writer.write_eof()
+                await backend.wait_finished(1)
+                assert events[0] == "server sent EOF"
+                assert events[1] == b"".join(b"late-%02d;" % i for i in range(20))
+            writer.close()
 
 
 async def check_slow_reader(make_relay, direction: str, total: int = 32 * 1024 * 1024) -> None:
@@ -152,35 +151,34 @@ async def check_slow_reader(make_relay, direction: str, total: int = 32 * 1024 *
             await reader.read()
 
     async with Backend(handler) as backend:
-        relay = await make_relay(backend.endpoint)
-        reader, writer = await asyncio.open_connection(*address(relay))
-        route = relay.routes[0]
-        await wait_for(lambda: route.active, what="connection to open")
-        splice = next(iter(route.active))
-        # the first byte settles the opening (not TWS); the flood starts after the hand-over
-        writer.write(payload[:1] if direction == "up" else b"!")
-        await settled(make_relay, splice)
-        stalled = None
-        if direction == "up":
-            stalled = asyncio.ensure_future(_write_chunks(writer, [payload[1:]]))
-        # wait until the relay has paused reading the fast side: then nothing more enters the relay
-        await wait_for(lambda: _stalled(splice, direction)[0], what="relay to pause the fast side")
-        _, peak, read = _stalled(splice, direction)
-        assert peak <= MAX_BUFFERED_PER_CONNECTION, f"relay buffered {peak} bytes"
-        assert read < total, "relay read everything: no backpressure"
-        if direction == "up":
-            assert not stalled.done()
-            release.set()
-            await stalled
-            writer.write_eof()
-            await backend.wait_finished(1)
-            assert got == [payload]
-        else:
-            body = await read_all(reader)
-            assert body == payload
-            writer.write_eof()
-        writer.close()
-        await relay.shutdown(0)
+        async with make_relay(backend.endpoint) as relay:
+            reader, writer = await asyncio.open_connection(*address(relay))
+            route = relay.routes[0]
+            await wait_for(lambda: route.active, what="connection to open")
+            splice = next(iter(route.active))
+            # the first byte settles the opening (not TWS); the flood starts after the hand-over
+            writer.write(payload[:1] if direction == "up" else b"!")
+            await settled(make_relay, splice)
+            stalled = None
+            if direction == "up":
+                stalled = asyncio.ensure_future(_write_chunks(writer, [payload[1:]]))
+            # wait until the relay has paused reading the fast side: then nothing more enters the relay
+            await wait_for(lambda: _stalled(splice, direction)[0], what="relay to pause the fast side")
+            _, peak, read = _stalled(splice, direction)
+            assert peak <= MAX_BUFFERED_PER_CONNECTION, f"relay buffered {peak} bytes"
+            assert read < total, "relay read everything: no backpressure"
+            if direction == "up":
+                assert not stalled.done()
+                release.set()
+                await stalled
+                writer.write_eof()
+                await backend.wait_finished(1)
+                assert got == [payload]
+            else:
+                body = await read_all(reader)
+                assert body == payload
+                writer.write_eof()
+            writer.close()
 
 
 async def check_close_propagates(make_relay, how: str) -> None:
@@ -202,33 +200,32 @@ async def check_close_propagates(make_relay, how: str) -> None:
         server_saw.append(await read_all(reader))
 
     async with Backend(handler) as backend:
-        relay = await make_relay(backend.endpoint)
-        route = relay.routes[0]
-        port = route.address.port
-        reader, writer = await asyncio.open_connection(*address(relay))
-        writer.write(b"hi")
-        assert await reader.readexactly(5) == b"ready"
-        await settled(make_relay, next(iter(route.active)))
-        if how == "client-reset":
-            reset(writer)
-            await backend.wait_finished(1)
-            assert server_saw == [b""]
-        elif how == "client-close":
-            writer.close()
-            await backend.wait_finished(1)
-            assert server_saw == [b""]
-        else:
-            server_close.set()
-            try:
-                rest = await asyncio.wait_for(reader.read(), 5)
-            except ConnectionResetError:
-                rest = b""
-            assert rest == b""
-            writer.close()
-        await wait_for(lambda: not route.active, what="relay to finish the connection")
-        await wait_for(lambda: "CLOSE_WAIT" not in tcp_states({port, backend.endpoint.port}),
-                       what="no CLOSE_WAIT sockets")
-        await relay.shutdown(0)
+        async with make_relay(backend.endpoint) as relay:
+            route = relay.routes[0]
+            port = route.address.port
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(b"hi")
+            assert await reader.readexactly(5) == b"ready"
+            await settled(make_relay, next(iter(route.active)))
+            if how == "client-reset":
+                reset(writer)
+                await backend.wait_finished(1)
+                assert server_saw == [b""]
+            elif how == "client-close":
+                writer.close()
+                await backend.wait_finished(1)
+                assert server_saw == [b""]
+            else:
+                server_close.set()
+                try:
+                    rest = await asyncio.wait_for(reader.read(), 5)
+                except ConnectionResetError:
+                    rest = b""
+                assert rest == b""
+                writer.close()
+            await wait_for(lambda: not route.active, what="relay to finish the connection")
+            await wait_for(lambda: "CLOSE_WAIT" not in tcp_states({port, backend.endpoint.port}),
+                           what="no CLOSE_WAIT sockets")
 
 
 CLOSE_HOWS = ("client-close", "client-reset", "server-close", "server-reset")
@@ -255,28 +252,27 @@ async def check_drain_timeout(make_relay) -> None:
         await go.wait()
         reset(writer)
     async with Backend(send_then_reset) as backend:
-        relay = await make_relay(backend.endpoint, drain_timeout=0.5)
-        route = relay.routes[0]
-        loop = asyncio.get_running_loop()
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)      # and it never reads
-        client.setblocking(False)
-        await loop.sock_connect(client, address(relay))
-        await loop.sock_sendall(client, b"!")          # not TWS: the opening is settled at once
-        await wait_for(lambda: route.active, what="the connection")
-        splice = next(iter(route.active))
-        await settled(make_relay, splice)
-        for sock in sockets_here(client.getsockname()):   # the relay's leg, wherever it is now
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            sock.close()
-        send.set()
-        await wait_for(lambda: splice.counts()[1] == 100_000, what="the relay to read what TWS sent")
-        await wait_for(lambda: _held_for_client(splice) > 0, what="bytes the client does not take")
-        t0 = loop.time()
-        go.set()
-        await wait_for(lambda: not route.active, timeout=5, what="the relay to cut the client leg")
-        assert 0.4 < loop.time() - t0 < 3, loop.time() - t0
-        assert splice.closed_by.startswith("upstream"), splice.closed_by
-        client.close()
-        await relay.shutdown(0)
+        async with make_relay(backend.endpoint, drain_timeout=0.5) as relay:
+            route = relay.routes[0]
+            loop = asyncio.get_running_loop()
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)      # and it never reads
+            client.setblocking(False)
+            await loop.sock_connect(client, address(relay))
+            await loop.sock_sendall(client, b"!")          # not TWS: the opening is settled at once
+            await wait_for(lambda: route.active, what="the connection")
+            splice = next(iter(route.active))
+            await settled(make_relay, splice)
+            for sock in sockets_here(client.getsockname()):   # the relay's leg, wherever it is now
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                sock.close()
+            send.set()
+            await wait_for(lambda: splice.counts()[1] == 100_000, what="the relay to read what TWS sent")
+            await wait_for(lambda: _held_for_client(splice) > 0, what="bytes the client does not take")
+            t0 = loop.time()
+            go.set()
+            await wait_for(lambda: not route.active, timeout=5, what="the relay to cut the client leg")
+            assert 0.4 < loop.time() - t0 < 3, loop.time() - t0
+            assert splice.closed_by.startswith("upstream"), splice.closed_by
+            client.close()
 

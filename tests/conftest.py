@@ -1,4 +1,5 @@
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -73,6 +74,12 @@ def official_ibapi():
                 pytest.skip(f"could not install {name} from PyPI: {r.stderr.strip()[-300:]}")
         return folder
     return path
+
+
+@pytest.fixture(autouse=True)
+def relay_logs_at_info(caplog):
+    """The relay's records from INFO up reach caplog in every test, as the relay logs by default."""
+    caplog.set_level(logging.INFO, logger="relay")
 
 
 @pytest.fixture(scope="session", params=LOOP_KINDS)

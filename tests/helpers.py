@@ -1,5 +1,6 @@
 """Real loopback peers for the relay's tests: backends, a relay started in-process, small waits."""
 import asyncio
+import contextlib
 import os
 import queue
 import socket
@@ -8,7 +9,7 @@ import sys
 import struct
 import threading
 import time
-from typing import Awaitable, Callable, List, Optional
+from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable, List, Optional
 
 from relay.config import Config, Endpoint, Route, Settings
 from relay.service import Relay
@@ -83,12 +84,24 @@ def settings(**kw) -> Settings:
     return Settings(**base)
 
 
-async def start_relay(target: Endpoint, *, allow=None, max_connections: int = 32, listen: str = "127.0.0.1",
-                      name: str = "test", if_addrs: Optional[dict] = None, **kw) -> Relay:
-    route = Route(name=name, listen=Endpoint(listen, 0), target=target, allow=allow, max_connections=max_connections)
-    relay = Relay(Config(routes=(route,), settings=settings(**kw)), if_addrs=if_addrs if if_addrs is not None else {})
+@contextlib.asynccontextmanager
+async def running(relay: Relay) -> AsyncIterator[Relay]:
+    """`relay` started, and shut down (grace 0) however the block ends, so a failed assertion does
+    not leave its listeners, timers and sessions to the next test."""
     await relay.start()
-    return relay
+    try:
+        yield relay
+    finally:
+        await relay.shutdown(0)
+
+
+def relay_for(target: Endpoint, *, allow=None, max_connections: int = 32, listen: str = "127.0.0.1",
+              name: str = "test", if_addrs: Optional[dict] = None, **kw) -> AsyncContextManager[Relay]:
+    """One route to `target` on a free port of `listen`, with the tests' settings, running for the
+    block (see `running`)."""
+    route = Route(name=name, listen=Endpoint(listen, 0), target=target, allow=allow, max_connections=max_connections)
+    config = Config(routes=(route,), settings=settings(**kw))
+    return running(Relay(config, if_addrs=if_addrs if if_addrs is not None else {}))
 
 
 def address(relay: Relay, i: int = 0):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import linux_only, windows_only
 from helpers import Proc, tcp_states
-from relay import cli, native_pump
+from relay import cli, config as cfg, native_pump
 
 RELAY = [sys.executable, "-m", "relay"]
 
@@ -83,10 +83,26 @@ def test_bad_one_route_arguments_exit_2():
     assert run_relay("serve", "--listen", "127.0.0.1:1").returncode == 2
     r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--allow", "banana")
     assert r.returncode == 2 and "--allow" in r.stderr
-    r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--pump-threads", "0")
-    assert r.returncode == 2 and "'0' is not a number of threads (1-64) or 'auto'" in r.stderr, r.stderr
-    r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", "--busy-poll", "1001")
-    assert r.returncode == 2 and "--busy-poll" in r.stderr and "0<=x<=1000" in r.stderr, r.stderr
+    # a setting on the command line is read by relay.yaml's own reader: the same words for the same mistake
+    for option, value, words in [("--pump-threads", "0", "0 is out of range (1-64)"),
+                                 ("--pump-threads", "many", "or 'auto', got 'many'"),
+                                 ("--busy-poll", "1001", "1001 is out of range (0-1000)"),
+                                 ("--busy-poll", "0.5", "expected a whole number, got text"),
+                                 ("--loop", "fast", "'fast' is not one of: auto, asyncio"),
+                                 ("--discovery-port", "70000", "70000 is out of range (0-65535)")]:
+        r = run_relay("serve", "--listen", "127.0.0.1:1", "--target", "x:1", option, value)
+        assert r.returncode == 2 and option in r.stderr and words in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_serve_options_come_from_the_settings_table():
+    """Each setting the table gives a command-line form is a `relay serve` option with the table's help."""
+    serve = run_relay("serve", "--help").stdout
+    flat = " ".join(serve.split())
+    for s in cfg.SETTINGS:
+        assert (s.option in serve) == bool(s.help), s.key
+        if s.help:
+            assert " ".join(s.help.split()[:4]) in flat, s.key
 
 
 def test_port_in_use_exits_2_with_hint():
@@ -129,7 +145,7 @@ def test_default_command_serves_relay_yaml_of_current_folder_and_stops_on_sigter
 def test_one_route_form_with_json_logs_and_sigint(echo_server):
     relay = RelayProcess("serve", "--listen", "127.0.0.1:0", "--target", f"127.0.0.1:{echo_server}",
                          "--allow", "127.0.0.0/8", "--max-connections", "3", "--log-format", "json", "--loop", "asyncio",
-                         "--pump-threads", "1", "--busy-poll", "50")
+                         "--pump-threads", "1", "--busy-poll", "50", "--discovery-port", "off", "--status-port", "0")
     try:
         doc = json.loads(relay.wait_line('"listening"'))
         assert doc["allow"] == "127.0.0.0/8" and doc["max_connections"] == 3
@@ -145,6 +161,8 @@ def test_one_route_form_with_json_logs_and_sigint(echo_server):
         assert starting.get("pump_threads") == (1 if native_pump.available() else None)
         assert starting.get("busy_poll_us") == (50 if native_pump.available() else None)
         assert any('"busy-poll-unused"' in x for x in relay.lines) == (native_pump.available() is None)
+        assert not any('"discovery-listening"' in x for x in relay.lines)    # --discovery-port off
+        assert any('"status-listening"' in x for x in relay.lines)
     finally:
         relay.kill()
 

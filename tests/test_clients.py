@@ -1,6 +1,5 @@
 """Real client libraries from PyPI (ib_async, the official ibapi) through the relay to a stand-in TWS."""
 import asyncio
-import logging
 import os
 import sys
 import time
@@ -8,7 +7,7 @@ import time
 import pytest
 
 from fake_tws import FakeTws
-from helpers import records, start_relay, wait_for
+from helpers import records, relay_for, wait_for
 from relay.config import Endpoint
 
 HERE = os.path.dirname(__file__)
@@ -31,24 +30,22 @@ def test_client_library_through_relay(run, caplog, tmp_path, library):
 
     async def main():
         fake = FakeTws()
-        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()))
-        port = relay.routes[0].address.port
-        if library == "ib_async":
-            proc = await bot(os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "21")
-        else:
-            proc = await bot(os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "21")
-        out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
-        assert proc.returncode == 0, out
-        assert abs(int(out.split("time ")[1].split()[0]) - time.time()) < 60
-        await wait_for(lambda: records(caplog, "close"), what="close line")
-        start = records(caplog, "api-start")[0].fields
-        assert start["client_id"] == 21
-        assert start["server_version"] == (176 if library == "ib_async" else 157)   # negotiated per client
-        assert fake.client_ids == [21]
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", await fake.start())) as relay:
+            port = relay.routes[0].address.port
+            if library == "ib_async":
+                proc = await bot(os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "21")
+            else:
+                proc = await bot(os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "21")
+            out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+            assert proc.returncode == 0, out
+            assert abs(int(out.split("time ")[1].split()[0]) - time.time()) < 60
+            await wait_for(lambda: records(caplog, "close"), what="close line")
+            start = records(caplog, "api-start")[0].fields
+            assert start["client_id"] == 21
+            assert start["server_version"] == (176 if library == "ib_async" else 157)   # negotiated per client
+            assert fake.client_ids == [21]
         fake.close()
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main(), timeout=60)
+    run(main(), timeout=60)
 
 
 def test_duplicate_client_id_gets_tws_error_326_at_once_in_ibapi(run, caplog, tmp_path):
@@ -59,25 +56,23 @@ def test_duplicate_client_id_gets_tws_error_326_at_once_in_ibapi(run, caplog, tm
 
     async def main():
         fake = FakeTws()
-        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True)
-        port = relay.routes[0].address.port
-        env = env_file(tmp_path, port)
-        first = await bot(os.path.join(HERE, "bot.py"), env, "5", "hold", stdin=asyncio.subprocess.PIPE)
-        assert (await asyncio.wait_for(first.stdout.readline(), 30)).startswith(b"time")
-        t0 = time.monotonic()
-        second = await bot(os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "5")
-        out = (await asyncio.wait_for(second.communicate(), 30))[0].decode()
-        elapsed = time.monotonic() - t0
-        assert second.returncode != 0 and "326" in out, out
-        clash = records(caplog, "client-id-clash")[0].fields
-        assert clash["client_id"] == 5 and "326" in clash["action"]
-        first.stdin.close()
-        await first.wait()
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True) as relay:
+            port = relay.routes[0].address.port
+            env = env_file(tmp_path, port)
+            first = await bot(os.path.join(HERE, "bot.py"), env, "5", "hold", stdin=asyncio.subprocess.PIPE)
+            assert (await asyncio.wait_for(first.stdout.readline(), 30)).startswith(b"time")
+            t0 = time.monotonic()
+            second = await bot(os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "5")
+            out = (await asyncio.wait_for(second.communicate(), 30))[0].decode()
+            elapsed = time.monotonic() - t0
+            assert second.returncode != 0 and "326" in out, out
+            clash = records(caplog, "client-id-clash")[0].fields
+            assert clash["client_id"] == 5 and "326" in clash["action"]
+            first.stdin.close()
+            await first.wait()
         fake.close()
         return elapsed
-    with caplog.at_level(logging.INFO, logger="relay"):
-        elapsed = run(main(), timeout=60)
+    elapsed = run(main(), timeout=60)
     assert elapsed < 3, f"ibapi took {elapsed:.1f}s to see error 326"
 
 
@@ -114,20 +109,18 @@ def test_error_326_from_the_relay_decodes_as_326_in_every_form(tmp_path, caplog,
 
     async def main():
         fake = FakeTws(version=version)
-        relay = await start_relay(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True)
-        port = relay.routes[0].address.port
-        holder = await hold_client_id(port, version, 5)
-        argv = ([os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "5"] if library == "ib_async" else
-                [os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "5"])
-        proc = await asyncio.create_subprocess_exec(sys.executable, *argv, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT, env=env)
-        out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
-        holder.close()
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True) as relay:
+            port = relay.routes[0].address.port
+            holder = await hold_client_id(port, version, 5)
+            argv = ([os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "5"] if library == "ib_async" else
+                    [os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "5"])
+            proc = await asyncio.create_subprocess_exec(sys.executable, *argv, stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.STDOUT, env=env)
+            out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+            holder.close()
         fake.close()
         return out
-    with caplog.at_level(logging.INFO, logger="relay"):
-        out = asyncio.run(main())
+    out = asyncio.run(main())
     if library == "ib_async":
         assert "Error 326, reqId -1: Unable to connect as the client id 5 is already in use" in out, out
     else:

@@ -222,8 +222,8 @@ def test_mangled_yaml_lines_give_config_or_clean_error(lines):
 def test_every_setting_is_declared_once_in_the_table():
     """relay.yaml's keys, their Settings fields and how each is read live in config.SETTINGS alone."""
     import dataclasses
-    fields = [field for _, field, _ in cfg.SETTINGS]
+    fields = [s.field for s in cfg.SETTINGS]
     assert sorted(fields) == sorted(f.name for f in dataclasses.fields(cfg.Settings))
-    assert len(set(fields)) == len(fields) and len({key for key, _, _ in cfg.SETTINGS}) == len(cfg.SETTINGS)
+    assert len(set(fields)) == len(fields) and len({s.key for s in cfg.SETTINGS}) == len(cfg.SETTINGS)
     doc = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "relay.yaml")))
     assert set(doc) <= set(cfg._TOP_KEYS)            # the shipped file uses only known keys

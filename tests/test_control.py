@@ -181,17 +181,16 @@ def test_arbitrary_bytes_over_the_socket_get_an_answer_or_a_close(run, data, eof
 
 
 def test_the_relay_refuses_a_kick_whose_fields_have_the_wrong_types(run):
-    from helpers import start_relay
+    from helpers import relay_for
     from relay.config import Endpoint
 
     async def main():
-        relay = await start_relay(Endpoint("127.0.0.1", 9))
-        for request, words in (({"action": "kick", "client_id": "7"}, "client_id must be a whole number"),
-                               ({"action": "kick", "client_id": True}, "client_id must be a whole number"),
-                               ({"action": "kick", "client_id": 7, "route": ["test"]}, "route must be"),
-                               ({"action": {"x": 1}}, "unknown action"),
-                               ({"action": "kick", "client_id": 7, "route": "test"}, "no connection holds")):
-            answer = relay.act(request)
-            assert answer["ok"] is False and words in answer["error"], (request, answer)
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", 9)) as relay:
+            for request, words in (({"action": "kick", "client_id": "7"}, "client_id must be a whole number"),
+                                   ({"action": "kick", "client_id": True}, "client_id must be a whole number"),
+                                   ({"action": "kick", "client_id": 7, "route": ["test"]}, "route must be"),
+                                   ({"action": {"x": 1}}, "unknown action"),
+                                   ({"action": "kick", "client_id": 7, "route": "test"}, "no connection holds")):
+                answer = relay.act(request)
+                assert answer["ok"] is False and words in answer["error"], (request, answer)
     run(main())

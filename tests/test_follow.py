@@ -14,7 +14,7 @@ from collections import namedtuple
 
 import pytest
 
-from helpers import REFUSED_WITHIN, Proc, echo, records, start_relay, wait_for
+from helpers import REFUSED_WITHIN, Proc, echo, records, relay_for, running, wait_for
 from netns import HostAndGuest, _ip, skip_without_namespaces
 from relay import hostnet
 from relay.config import Endpoint
@@ -88,31 +88,29 @@ def test_downed_target_means_refused_at_once_and_back_within_a_second(run, caplo
     async def main():
         backend = await asyncio.start_server(echo, "127.0.0.1", 0)
         tport = backend.sockets[0].getsockname()[1]
-        relay = await start_relay(Endpoint("127.0.0.1", tport), target_check="connect")   # default intervals
-        route = relay.routes[0]
-        rport = route.address.port
-        assert (await attempt(rport))[0] == "ok"
-        backend.close()                                       # TWS goes down (its daily restart)
-        await backend.wait_closed()
-        await wait_for(lambda: route.state == "target-down", timeout=5, what="route to notice")
-        outcome, took = await attempt(rport)
-        assert outcome == "refused" and took < REFUSED_WITHIN, (outcome, took)
-        backend = await asyncio.start_server(echo, "127.0.0.1", tport, reuse_address=True)   # TWS is back
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        while (await attempt(rport))[0] != "ok":
-            assert loop.time() - t0 < 3, "route did not come back"
-            await asyncio.sleep(0.05)
-        back = loop.time() - t0
-        assert back < 1.5, f"first client got through after {back:.2f}s"
-        downs = [r for r in caplog.records if r.getMessage() == "target-down"]
-        ups = [r for r in caplog.records if r.getMessage() == "listening"]
-        assert len(downs) == 1 and len(ups) == 2            # one line per transition
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect") as relay:  # default intervals
+            route = relay.routes[0]
+            rport = route.address.port
+            assert (await attempt(rport))[0] == "ok"
+            backend.close()                                       # TWS goes down (its daily restart)
+            await backend.wait_closed()
+            await wait_for(lambda: route.state == "target-down", timeout=5, what="route to notice")
+            outcome, took = await attempt(rport)
+            assert outcome == "refused" and took < REFUSED_WITHIN, (outcome, took)
+            backend = await asyncio.start_server(echo, "127.0.0.1", tport, reuse_address=True)   # TWS is back
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            while (await attempt(rport))[0] != "ok":
+                assert loop.time() - t0 < 3, "route did not come back"
+                await asyncio.sleep(0.05)
+            back = loop.time() - t0
+            assert back < 1.5, f"first client got through after {back:.2f}s"
+            downs = [r for r in caplog.records if r.getMessage() == "target-down"]
+            ups = [r for r in caplog.records if r.getMessage() == "listening"]
+            assert len(downs) == 1 and len(ups) == 2            # one line per transition
         backend.close()
         return back
-    with caplog.at_level(logging.INFO, logger="relay"):
-        back = run(main(), timeout=30)
+    back = run(main(), timeout=30)
     print(f"route back {back:.2f}s after the target")
 
 
@@ -120,16 +118,15 @@ def test_refused_upstream_wakes_the_check_at_once(run):
     async def main():
         backend = await asyncio.start_server(echo, "127.0.0.1", 0)
         tport = backend.sockets[0].getsockname()[1]
-        relay = await start_relay(Endpoint("127.0.0.1", tport), target_check="connect", check_interval=60)
-        route = relay.routes[0]
-        backend.close()
-        await backend.wait_closed()
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        assert (await attempt(route.address.port))[0] == "closed"   # this one was accepted: TWS just died
-        await wait_for(lambda: route.state == "target-down", timeout=5, what="target-down")
-        assert loop.time() - t0 < 1.5                                  # not the 60 s interval
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect", check_interval=60) as relay:
+            route = relay.routes[0]
+            backend.close()
+            await backend.wait_closed()
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            assert (await attempt(route.address.port))[0] == "closed"   # this one was accepted: TWS just died
+            await wait_for(lambda: route.state == "target-down", timeout=5, what="target-down")
+            assert loop.time() - t0 < 1.5                                  # not the 60 s interval
     run(main())
 
 
@@ -139,9 +136,8 @@ def test_target_down_at_start_still_validates_the_address_then_waits(run):
         s.bind(("127.0.0.1", 0))
         tport = s.getsockname()[1]
         s.close()
-        relay = await start_relay(Endpoint("127.0.0.1", tport), target_check="connect")
-        assert relay.routes[0].state == "target-down" and relay.routes[0].server is None
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect") as relay:
+            assert relay.routes[0].state == "target-down" and relay.routes[0].server is None
     run(main())
 
 
@@ -228,26 +224,24 @@ def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening
         routes = (Route("self", Endpoint("", port), Endpoint("127.0.0.2", port), interface="fake0"),
                   Route("feeds", Endpoint("127.0.0.1", 0), Endpoint("127.0.0.2", port)),
                   Route("fine", Endpoint("127.0.0.1", 0), tws))
-        relay = Relay(Config(routes, settings(target_check="connect")))
-        await relay.start()
-        await relay.tick()
-        await relay.tick()
-        this, feeds, fine = relay.routes
-        assert this.state == feeds.state == "target-is-this-relay" and this.server is None and feeds.server is None
-        assert fine.state == "listening" and (await attempt(fine.address.port))[0] == "ok"
-        for host, p in (("127.0.0.2", port), ("127.0.0.1", feeds.address.port)):
-            with pytest.raises(ConnectionRefusedError):
-                await asyncio.open_connection(host, p)
-        lines = {r.fields["route"]: r for r in caplog.records if r.getMessage() == "target-is-this-relay"}
-        assert len(lines) == 2 == len([r for r in caplog.records if r.getMessage() == "target-is-this-relay"])
-        assert lines["self"].levelno == logging.ERROR and "its own listen address" in lines["self"].fields["error"]
-        assert "where route 'self' listens" in lines["feeds"].fields["error"] and lines["feeds"].fields["listener"] == "self"
-        status = json.loads(await relay.status_answer())
-        assert [r["state"] for r in status["routes"]] == ["target-is-this-relay"] * 2 + ["listening"]
-        await relay.shutdown(0)
+        async with running(Relay(Config(routes, settings(target_check="connect")))) as relay:
+            await relay.tick()
+            await relay.tick()
+            this, feeds, fine = relay.routes
+            assert this.state == feeds.state == "target-is-this-relay" and this.server is None and feeds.server is None
+            assert fine.state == "listening" and (await attempt(fine.address.port))[0] == "ok"
+            for host, p in (("127.0.0.2", port), ("127.0.0.1", feeds.address.port)):
+                with pytest.raises(ConnectionRefusedError):
+                    await asyncio.open_connection(host, p)
+            lines = {r.fields["route"]: r for r in caplog.records if r.getMessage() == "target-is-this-relay"}
+            assert len(lines) == 2 == len([r for r in caplog.records if r.getMessage() == "target-is-this-relay"])
+            assert lines["self"].levelno == logging.ERROR and "its own listen address" in lines["self"].fields["error"]
+            assert "where route 'self' listens" in lines["feeds"].fields["error"]
+            assert lines["feeds"].fields["listener"] == "self"
+            status = json.loads(await relay.status_answer())
+            assert [r["state"] for r in status["routes"]] == ["target-is-this-relay"] * 2 + ["listening"]
         backend.close()
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main())
+    run(main())
 
 
 # -- a listener that stops under the relay (the Proactor loop closes it after a failed accept,
@@ -264,36 +258,35 @@ def ss_kill(port: int) -> None:
 def test_a_listener_destroyed_under_the_relay_is_said_once_and_bound_again(run, caplog, which):
     async def main():
         backend = await asyncio.start_server(echo, "127.0.0.1", 0)
-        relay = await start_relay(Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1]), check_interval=0.3,
-                                  status_port=0, discovery_port=0)
-        route = relay.routes[0]
-        server = {"route": route, "status": relay.status, "control": relay.control,
-                  "discovery": relay.discovery[0][0] if relay.discovery else None}[which]
-        port = route.address.port if which == "route" else server.port
-        loop = asyncio.get_running_loop()
-        ss_kill(port)
-        t0 = loop.time()
-        if which == "route":
-            assert json.loads(await relay.status_answer())["routes"][0]["state"] == "listener-lost"
-            await wait_for(lambda: records(caplog, "listener-lost") and route.server is not None
-                           and route.state == "listening", timeout=5, what="the route listening again")
-            assert (await attempt(port))[0] == "ok"
-        else:
-            await wait_for(lambda: records(caplog, f"{which}-listener-lost") and server.server is not None
-                           and hostnet.listener_problem(server.server) is None, timeout=5,
-                           what="the lost line, then listening again")
-            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        async with relay_for(Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1]), check_interval=0.3,
+                             status_port=0, discovery_port=0) as relay:
+            route = relay.routes[0]
+            server = {"route": route, "status": relay.status, "control": relay.control,
+                      "discovery": relay.discovery[0][0] if relay.discovery else None}[which]
+            port = route.address.port if which == "route" else server.port
+            loop = asyncio.get_running_loop()
+            ss_kill(port)
+            t0 = loop.time()
+            if which == "route":
+                assert json.loads(await relay.status_answer())["routes"][0]["state"] == "listener-lost"
+                await wait_for(lambda: records(caplog, "listener-lost") and route.server is not None
+                               and route.state == "listening", timeout=5, what="the route listening again")
+                assert (await attempt(port))[0] == "ok"
+            else:
+                await wait_for(lambda: records(caplog, f"{which}-listener-lost") and server.server is not None
+                               and hostnet.listener_problem(server.server) is None, timeout=5,
+                               what="the lost line, then listening again")
+                reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+                if which == "control":
+                    writer.write(b"{}\n")                           # answered with a refusal
+                assert await asyncio.wait_for(reader.read(), 5)      # the status or discovery document
+                writer.close()
+            assert loop.time() - t0 < 0.3 + 1.0                     # within one check interval (and a margin)
+            lost = records(caplog, "listener-lost" if which == "route" else f"{which}-listener-lost")
+            assert len(lost) == 1 and lost[0].fields["error"].startswith("the socket no longer listens")
+            assert len(records(caplog, "loop-error")) <= 3           # the spinning loop's reports, rate-limited
             if which == "control":
-                writer.write(b"{}\n")                           # answered with a refusal
-            assert await asyncio.wait_for(reader.read(), 5)      # the status or discovery document
-            writer.close()
-        assert loop.time() - t0 < 0.3 + 1.0                     # within one check interval (and a margin)
-        lost = records(caplog, "listener-lost" if which == "route" else f"{which}-listener-lost")
-        assert len(lost) == 1 and lost[0].fields["error"].startswith("the socket no longer listens")
-        assert len(records(caplog, "loop-error")) <= 3           # the spinning loop's reports, rate-limited
-        if which == "control":
-            assert json.load(open(relay.record))["control_port"] == relay.control.port
-        await relay.shutdown(0)
+                assert json.load(open(relay.record))["control_port"] == relay.control.port
         backend.close()
     with caplog.at_level(logging.INFO):
         run(main())
@@ -303,15 +296,14 @@ def test_a_failed_accept_on_the_proactor_loop_wakes_the_supervisor_in_one_line(r
     """As the Proactor loop reports it when a client resets while Windows accepts it (WinError 64),
     then closes the listening socket for good (cpython#93821): recorded context, fed to the handler."""
     async def main():
-        relay = await start_relay(Endpoint("127.0.0.1", 9))
-        relay.wake.clear()
-        error = OSError(22, "The specified network name is no longer available")
-        context = {"message": "Accept failed on a socket", "exception": error,
-                   "socket": "<asyncio.TransportSocket fd=-1, family=2, type=1, proto=6>"}
-        for _ in range(20):
-            asyncio.get_running_loop().call_exception_handler(context)
-        assert relay.wake.is_set() and "no longer available" in relay.accept_error
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", 9)) as relay:
+            relay.wake.clear()
+            error = OSError(22, "The specified network name is no longer available")
+            context = {"message": "Accept failed on a socket", "exception": error,
+                       "socket": "<asyncio.TransportSocket fd=-1, family=2, type=1, proto=6>"}
+            for _ in range(20):
+                asyncio.get_running_loop().call_exception_handler(context)
+            assert relay.wake.is_set() and "no longer available" in relay.accept_error
     with caplog.at_level(logging.INFO):
         run(main())
     lines = records(caplog, "loop-error")

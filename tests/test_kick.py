@@ -118,8 +118,7 @@ def test_relay_stop_stops_a_relay_cleanly_as_ctrl_c_does(relay_with_a_bot):
 
 
 def test_a_relay_whose_run_folder_others_can_read_says_it_cannot_be_kicked(tmp_path, run, caplog):
-    import logging
-    from helpers import settings
+    from helpers import running, settings
     from relay.config import Config, Endpoint, Route
     from relay.service import Relay
     shared = tmp_path / "shared"
@@ -129,12 +128,10 @@ def test_a_relay_whose_run_folder_others_can_read_says_it_cannot_be_kicked(tmp_p
     async def main():
         relay = Relay(Config((Route("a", Endpoint("127.0.0.1", 0), Endpoint("127.0.0.1", 9)),), settings()),
                       if_addrs={}, run_dir=str(shared))
-        await relay.start()
-        doc = json.load(open(relay.record))
-        await relay.shutdown(0)
-        return doc
-    with caplog.at_level(logging.INFO, logger="relay"):
-        doc = run(main())
+        async with running(relay):
+            with open(relay.record) as f:
+                return json.load(f)
+    doc = run(main())
     assert "control_token" not in doc and doc["control_port"] is None
     (line,) = [r for r in caplog.records if r.getMessage() == "control-off"]
     assert line.fields["folder"] == str(shared) and "not private" in line.fields["error"]

@@ -3,7 +3,6 @@ about them once it has them. The byte-level checks are the conformance suite's (
 import asyncio
 import glob
 import json
-import logging
 import os
 import re
 import shutil
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import Backend, address, echo, native_pump_missing, records, reset, start_relay, wait_for
+from helpers import Backend, address, echo, native_pump_missing, records, reset, relay_for, wait_for
 from relay.config import Endpoint
 from relay import native_pump
 from tws_sessions import session
@@ -53,54 +52,51 @@ def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(run, caplog)
 
     async def main():
         async with Backend(lambda r, w: _tws_then_echo(r, w, client, server, answer)) as backend:
-            relay = await start_relay(backend.endpoint)
-            route = relay.routes[0]
-            reader, writer = await asyncio.open_connection(*address(relay))
-            writer.write(client)
-            await wait_for(lambda: route.active and next(iter(route.active)).session.server_version == 176,
-                           what="TWS's version reply")
-            splice = next(iter(route.active))
-            await asyncio.sleep(0)   # a hand-over would be scheduled by now: there must be none
-            assert splice.native is None and splice.session.phase == "hello", "handed over before TWS answered"
-            answer.set()
-            assert await reader.readexactly(len(server)) == server
-            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            assert splice.session.phase == "api-ready" and splice.session.client_id == 7
+            async with relay_for(backend.endpoint) as relay:
+                route = relay.routes[0]
+                reader, writer = await asyncio.open_connection(*address(relay))
+                writer.write(client)
+                await wait_for(lambda: route.active and next(iter(route.active)).session.server_version == 176,
+                               what="TWS's version reply")
+                splice = next(iter(route.active))
+                await asyncio.sleep(0)   # a hand-over would be scheduled by now: there must be none
+                assert splice.native is None and splice.session.phase == "hello", "handed over before TWS answered"
+                answer.set()
+                assert await reader.readexactly(len(server)) == server
+                await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+                assert splice.session.phase == "api-ready" and splice.session.client_id == 7
 
-            writer.write(payload)
-            assert await reader.readexactly(len(payload)) == payload
-            # the relay still knows each connection's bytes while the native pump moves them
-            status = json.loads(await relay.status_answer())
-            assert status["pump"] == "native"
-            conn = status["routes"][0]["connections"][0]
-            assert (conn["bytes_up"], conn["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
-            assert conn["client_id"] == 7 and conn["phase"] == "api-ready" and conn["pump"] == "native"
+                writer.write(payload)
+                assert await reader.readexactly(len(payload)) == payload
+                # the relay still knows each connection's bytes while the native pump moves them
+                status = json.loads(await relay.status_answer())
+                assert status["pump"] == "native"
+                conn = status["routes"][0]["connections"][0]
+                assert (conn["bytes_up"], conn["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
+                assert conn["client_id"] == 7 and conn["phase"] == "api-ready" and conn["pump"] == "native"
 
-            reset(writer)
-            await wait_for(lambda: not route.active, what="the relay to finish the connection")
-            close = records(caplog, "close")[-1].fields
-            assert close["closed_by"] == "client (reset)"
-            assert (close["bytes_up"], close["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
-            assert close["client_id"] == 7
-            await relay.shutdown(0)
+                reset(writer)
+                await wait_for(lambda: not route.active, what="the relay to finish the connection")
+                close = records(caplog, "close")[-1].fields
+                assert close["closed_by"] == "client (reset)"
+                assert (close["bytes_up"], close["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
+                assert close["client_id"] == 7
 
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main())
+    run(main())
 
 
 def test_pump_python_keeps_every_byte_in_the_event_loop(run):
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False, pump="python")
-            reader, writer = await asyncio.open_connection(*address(relay))
-            for _ in range(3):   # round trips: a hand-over, were there one, is scheduled after the first
-                writer.write(b"ping")
-                assert await reader.readexactly(4) == b"ping"
-            splice = next(iter(relay.routes[0].active))
-            assert splice.native is None and not splice.handed_over
-            assert json.loads(await relay.status_answer())["pump"] == "python"
-            writer.close()
-            await relay.shutdown(0)
+            async with relay_for(backend.endpoint, tws_aware=False, pump="python") as relay:
+                reader, writer = await asyncio.open_connection(*address(relay))
+                for _ in range(3):   # round trips: a hand-over, were there one, is scheduled after the first
+                    writer.write(b"ping")
+                    assert await reader.readexactly(4) == b"ping"
+                splice = next(iter(relay.routes[0].active))
+                assert splice.native is None and not splice.handed_over
+                assert json.loads(await relay.status_answer())["pump"] == "python"
+                writer.close()
     run(main())
 
 
@@ -110,26 +106,26 @@ def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
     while every running one is busy and there are fewer than pump_threads."""
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=threads)
-            route = relay.routes[0]
-            streams = await _handed_over_sessions(relay, 4)
-            pumps = [splice.native_pump for splice, _, _ in streams]
-            assert len(set(pumps)) == threads
-            assert sorted(pumps.count(p) for p in set(pumps)) == {1: [4], 2: [2, 2], 3: [1, 1, 2]}[threads]
-            assert json.loads(await relay.status_answer())["pump_threads"] >= threads
-            payloads = [os.urandom(200_000 + i) for i in range(4)]
-            for (_, _, writer), payload in zip(streams, payloads):
-                writer.write(payload)
-            for (_, reader, _), payload in zip(streams, payloads):
-                assert await reader.readexactly(len(payload)) == payload
-            assert await relay.shutdown(0) == 4       # each thread cuts its own sessions
-            assert not route.active
-            for _, reader, writer in streams:
-                try:
-                    assert await asyncio.wait_for(reader.read(), 5) == b""
-                except ConnectionResetError:
-                    pass
-                writer.close()
+            async with relay_for(backend.endpoint, tws_aware=False, pump_threads=threads) as relay:
+                route = relay.routes[0]
+                streams = await _handed_over_sessions(relay, 4)
+                pumps = [splice.native_pump for splice, _, _ in streams]
+                assert len(set(pumps)) == threads
+                assert sorted(pumps.count(p) for p in set(pumps)) == {1: [4], 2: [2, 2], 3: [1, 1, 2]}[threads]
+                assert json.loads(await relay.status_answer())["pump_threads"] >= threads
+                payloads = [os.urandom(200_000 + i) for i in range(4)]
+                for (_, _, writer), payload in zip(streams, payloads):
+                    writer.write(payload)
+                for (_, reader, _), payload in zip(streams, payloads):
+                    assert await reader.readexactly(len(payload)) == payload
+                assert await relay.shutdown(0) == 4       # each thread cuts its own sessions
+                assert not route.active
+                for _, reader, writer in streams:
+                    try:
+                        assert await asyncio.wait_for(reader.read(), 5) == b""
+                    except ConnectionResetError:
+                        pass
+                    writer.close()
     run(main())
 
 
@@ -197,34 +193,35 @@ def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, echo_server
     wanted, window = 200, 0.0009
 
     async def main():
-        relay = await start_relay(Endpoint("127.0.0.1", echo_server), tws_aware=False, pump_threads=1,
-                                  busy_poll=busy_poll)
-        loop = asyncio.get_running_loop()
-        client = socket.create_connection(address(relay))
-        try:
-            await loop.run_in_executor(None, _round_trip, client, b"ping")    # settles the session: hand-over
-            splice = next(iter(relay.routes[0].active))
-            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            assert splice.native_pump.busy_poll == busy_poll
-            assert json.loads(await relay.status_answer())["busy_poll_us"] == busy_poll
-            sleeps = _PumpThreadSleeps()
-            cycles = []
-            try:    # until enough were short, where the machine is busy too
-                while sum(waited < window for waited, _ in cycles) < wanted and len(cycles) < 5 * wanted:
-                    cycles += await loop.run_in_executor(None, _quiet_round_trips, client, 100, 0.0002, sleeps)
-            finally:
-                sleeps.close()
-            short = [slept for waited, slept in cycles if waited < window]
-            assert len(short) >= wanted, sorted(round(waited * 1e6) for waited, _ in cycles)[::50]
-            slept = sum(1 for n in short if n)
-            if busy_poll:
-                assert slept < len(short) // 10, (slept, len(short))
-            else:     # about once a pause; less where the kernel preempted the thread before it slept
-                assert slept >= len(short) // 2, (slept, len(short))
-        finally:
-            client.close()
-            await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", echo_server), tws_aware=False, pump_threads=1,
+                             busy_poll=busy_poll) as relay:
+            with socket.create_connection(address(relay)) as client:
+                await _busy_poll_cycles(relay, client, busy_poll, wanted, window)
     run(main())
+
+
+async def _busy_poll_cycles(relay, client, busy_poll: int, wanted: int, window: float) -> None:
+    """The busy-poll test's measurement: quiet round trips until `wanted` of them fit in `window`."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, _round_trip, client, b"ping")    # settles the session: hand-over
+    splice = next(iter(relay.routes[0].active))
+    await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+    assert splice.native_pump.busy_poll == busy_poll
+    assert json.loads(await relay.status_answer())["busy_poll_us"] == busy_poll
+    sleeps = _PumpThreadSleeps()
+    cycles = []
+    try:    # until enough were short, where the machine is busy too
+        while sum(waited < window for waited, _ in cycles) < wanted and len(cycles) < 5 * wanted:
+            cycles += await loop.run_in_executor(None, _quiet_round_trips, client, 100, 0.0002, sleeps)
+    finally:
+        sleeps.close()
+    short = [slept for waited, slept in cycles if waited < window]
+    assert len(short) >= wanted, sorted(round(waited * 1e6) for waited, _ in cycles)[::50]
+    slept = sum(1 for n in short if n)
+    if busy_poll:
+        assert slept < len(short) // 10, (slept, len(short))
+    else:     # about once a pause; less where the kernel preempted the thread before it slept
+        assert slept >= len(short) // 2, (slept, len(short))
 
 
 def test_ended_pairs_are_freed_without_a_wake_up_each_and_never_pile_up(run):
@@ -232,51 +229,49 @@ def test_ended_pairs_are_freed_without_a_wake_up_each_and_never_pile_up(run):
     of them wait: it is not woken once per closed connection, and memory does not grow with them."""
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=1, max_connections=200)
-            route = relay.routes[0]
-            streams = await _handed_over_sessions(relay, 100)
-            pump = streams[0][0].native_pump
-            assert pump.pairs_in_memory() == 100
-            for splice, _, writer in streams[:10]:
+            async with relay_for(backend.endpoint, tws_aware=False, pump_threads=1, max_connections=200) as relay:
+                route = relay.routes[0]
+                streams = await _handed_over_sessions(relay, 100)
+                pump = streams[0][0].native_pump
+                assert pump.pairs_in_memory() == 100
+                for splice, _, writer in streams[:10]:
+                    writer.close()
+                    await wait_for(lambda s=splice: s not in route.active, what="the relay to finish the connection")
+                # a round trip through the same thread: a release that woke it would have run by now
+                _, reader, writer = streams[-1]
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                assert pump.pairs_in_memory() == 100, "the thread was woken to free each ended pair"
+                for _, _, writer in streams[10:]:
+                    writer.close()
+                await wait_for(lambda: not route.active, what="the relay to finish every connection")
+                await wait_for(lambda: pump.pairs_in_memory() < 64, what="the pump thread to free a batch")
+                (_, _, writer), = await _handed_over_sessions(relay, 1)   # its hand-over frees the rest
+                await wait_for(lambda: pump.pairs_in_memory() == 1, what="the pump thread to free every ended pair")
                 writer.close()
-                await wait_for(lambda s=splice: s not in route.active, what="the relay to finish the connection")
-            # a round trip through the same thread: a release that woke it would have run by now
-            _, reader, writer = streams[-1]
-            writer.write(b"ping")
-            assert await reader.readexactly(4) == b"ping"
-            assert pump.pairs_in_memory() == 100, "the thread was woken to free each ended pair"
-            for _, _, writer in streams[10:]:
-                writer.close()
-            await wait_for(lambda: not route.active, what="the relay to finish every connection")
-            await wait_for(lambda: pump.pairs_in_memory() < 64, what="the pump thread to free a batch")
-            (_, _, writer), = await _handed_over_sessions(relay, 1)   # its hand-over frees the rest
-            await wait_for(lambda: pump.pairs_in_memory() == 1, what="the pump thread to free every ended pair")
-            writer.close()
-            await relay.shutdown(0)
     run(main())
 
 
 def test_shutdown_closes_native_connections_and_logs_them(run, caplog):
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False)
-            route = relay.routes[0]
-            reader, writer = await asyncio.open_connection(*address(relay))
-            writer.write(b"ping")
-            assert await reader.readexactly(4) == b"ping"
-            splice = next(iter(route.active))
-            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            assert await relay.shutdown(0) == 1
-            assert not route.active
-            try:
-                assert await asyncio.wait_for(reader.read(), 5) == b""
-            except ConnectionResetError:
-                pass                      # cut: a reset is as good as a FIN here
-            close = records(caplog, "close")[-1].fields
-            assert close["closed_by"] == "relay (shutdown)" and close["bytes_up"] == 4
-            writer.close()
+            async with relay_for(backend.endpoint, tws_aware=False) as relay:
+                route = relay.routes[0]
+                reader, writer = await asyncio.open_connection(*address(relay))
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                splice = next(iter(route.active))
+                await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+                assert await relay.shutdown(0) == 1
+                assert not route.active
+                try:
+                    assert await asyncio.wait_for(reader.read(), 5) == b""
+                except ConnectionResetError:
+                    pass                      # cut: a reset is as good as a FIN here
+                close = records(caplog, "close")[-1].fields
+                assert close["closed_by"] == "relay (shutdown)" and close["bytes_up"] == 4
+                writer.close()
 
-    with caplog.at_level(logging.INFO, logger="relay"):
         run(main())
 
 
@@ -299,30 +294,28 @@ def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_g
 
     async def main():
         async with Backend(flood_then_reset) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False, drain_timeout=0.5)
-            route = relay.routes[0]
-            loop = asyncio.get_running_loop()
-            client = socket.socket()   # never read: a small receive buffer that stays full
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-            client.setblocking(False)
-            await loop.sock_connect(client, address(relay))
-            await loop.sock_sendall(client, b"!")
-            await wait_for(lambda: route.active, what="connection to open")
-            splice = next(iter(route.active))
-            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-            await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= splice.native_pump.marks()[0],
-                           what="the relay to hold bytes for the client that does not read")
-            flooding.set()
-            started = time.monotonic()
-            await wait_for(lambda: not route.active, timeout=10, what="the relay to give up on the client")
-            took = time.monotonic() - started
-            assert 0.4 <= took < 5, f"closed after {took:.2f} s, drain_timeout 0.5 s"
-            assert records(caplog, "close")[-1].fields["closed_by"] == "upstream (reset)"
-            client.close()
-            await relay.shutdown(0)
+            async with relay_for(backend.endpoint, tws_aware=False, drain_timeout=0.5) as relay:
+                route = relay.routes[0]
+                loop = asyncio.get_running_loop()
+                client = socket.socket()   # never read: a small receive buffer that stays full
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                client.setblocking(False)
+                await loop.sock_connect(client, address(relay))
+                await loop.sock_sendall(client, b"!")
+                await wait_for(lambda: route.active, what="connection to open")
+                splice = next(iter(route.active))
+                await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+                await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= splice.native_pump.marks()[0],
+                               what="the relay to hold bytes for the client that does not read")
+                flooding.set()
+                started = time.monotonic()
+                await wait_for(lambda: not route.active, timeout=10, what="the relay to give up on the client")
+                took = time.monotonic() - started
+                assert 0.4 <= took < 5, f"closed after {took:.2f} s, drain_timeout 0.5 s"
+                assert records(caplog, "close")[-1].fields["closed_by"] == "upstream (reset)"
+                client.close()
 
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main())
+    run(main())
 
 
 def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, caplog, monkeypatch):
@@ -336,20 +329,18 @@ def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, c
 
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False)
-            for _ in range(2):
-                reader, writer = await asyncio.open_connection(*address(relay))
-                for _ in range(3):
-                    writer.write(b"ping")
-                    assert await reader.readexactly(4) == b"ping"
-                assert next(iter(relay.routes[0].active)).native is None
-                writer.close()
-                await wait_for(lambda: not relay.routes[0].active, what="the connection to finish")
-            assert json.loads(await relay.status_answer())["pump"] == "python"
-            await relay.shutdown(0)
+            async with relay_for(backend.endpoint, tws_aware=False) as relay:
+                for _ in range(2):
+                    reader, writer = await asyncio.open_connection(*address(relay))
+                    for _ in range(3):
+                        writer.write(b"ping")
+                        assert await reader.readexactly(4) == b"ping"
+                    assert next(iter(relay.routes[0].active)).native is None
+                    writer.close()
+                    await wait_for(lambda: not relay.routes[0].active, what="the connection to finish")
+                assert json.loads(await relay.status_answer())["pump"] == "python"
 
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main())
+    run(main())
     warnings = records(caplog, "native-pump-off")
     assert len(warnings) == 1 and warnings[0].fields["error"] == "Resource temporarily unavailable"
 
@@ -369,20 +360,18 @@ def test_a_further_thread_that_cannot_start_leaves_the_running_ones_in_charge(ru
 
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False, pump_threads=2)
-            route = relay.routes[0]
-            streams = await _handed_over_sessions(relay, 3)
-            assert len({splice.native_pump for splice, _, _ in streams}) == 1
-            for _, reader, writer in streams:
-                payload = os.urandom(100_000)
-                writer.write(payload)
-                assert await reader.readexactly(len(payload)) == payload
-                writer.close()
-            await wait_for(lambda: not route.active, what="the connections to finish")
-            await relay.shutdown(0)
+            async with relay_for(backend.endpoint, tws_aware=False, pump_threads=2) as relay:
+                route = relay.routes[0]
+                streams = await _handed_over_sessions(relay, 3)
+                assert len({splice.native_pump for splice, _, _ in streams}) == 1
+                for _, reader, writer in streams:
+                    payload = os.urandom(100_000)
+                    writer.write(payload)
+                    assert await reader.readexactly(len(payload)) == payload
+                    writer.close()
+                await wait_for(lambda: not route.active, what="the connections to finish")
 
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main())
+    run(main())
     warnings = records(caplog, "native-pump-thread-off")
     assert len(warnings) == 1 and warnings[0].fields["threads"] == 1
     assert not records(caplog, "native-pump-off")
@@ -418,27 +407,25 @@ def test_a_close_the_pump_cannot_queue_is_asked_again(run, caplog, monkeypatch):
     ENOMEM). The kick still closes both legs, on the second try, and the session ends."""
     async def main():
         async with Backend(echo) as backend:
-            relay = await start_relay(backend.endpoint, tws_aware=False)
-            streams = await _handed_over_sessions(relay, 1)
-            splice = streams[0][0]
-            pump = splice.native_pump
-            real, failures = pump.lib, []
+            async with relay_for(backend.endpoint, tws_aware=False) as relay:
+                streams = await _handed_over_sessions(relay, 1)
+                splice = streams[0][0]
+                pump = splice.native_pump
+                real, failures = pump.lib, []
 
-            class FailsOnce:
-                def __getattr__(self, name):
-                    return getattr(real, name)
+                class FailsOnce:
+                    def __getattr__(self, name):
+                        return getattr(real, name)
 
-                def relay_pump_close(self, *args):
-                    if not failures:
-                        failures.append(args)
-                        return -1
-                    return real.relay_pump_close(*args)
-            monkeypatch.setattr(pump, "lib", FailsOnce())
-            splice.abort("relay (kicked)")
-            await wait_for(lambda: not relay.routes[0].active, timeout=5, what="the session to end")
-            assert len(failures) == 1 and splice.closed_by == "relay (kicked)"
-            for _, _, writer in streams:
-                writer.close()
-            await relay.shutdown(0)
-    with caplog.at_level(logging.INFO, logger="relay"):
-        run(main())
+                    def relay_pump_close(self, *args):
+                        if not failures:
+                            failures.append(args)
+                            return -1
+                        return real.relay_pump_close(*args)
+                monkeypatch.setattr(pump, "lib", FailsOnce())
+                splice.abort("relay (kicked)")
+                await wait_for(lambda: not relay.routes[0].active, timeout=5, what="the session to end")
+                assert len(failures) == 1 and splice.closed_by == "relay (kicked)"
+                for _, _, writer in streams:
+                    writer.close()
+    run(main())

@@ -144,5 +144,5 @@ def test_the_relay_yaml_reference_names_every_setting():
     from relay import config as cfg
     page = read("docs", "configuration.md")
     reference = page[page.index("## relay.yaml reference"):page.index("## Several relays")]
-    missing = [key for key, _, _ in cfg.SETTINGS if key.split(".")[-1] + ":" not in reference]
+    missing = [key for key, *_ in cfg.SETTINGS if key.split(".")[-1] + ":" not in reference]
     assert not missing, missing

@@ -7,12 +7,12 @@ from hypothesis import given, settings, strategies as st
 import conformance
 from tws_sessions import session
 from conftest import linux_only_because
-from helpers import native_pump_missing, start_relay
+from helpers import native_pump_missing, relay_for
 
 
 def _variant(native: bool, **kw):
     def make(target, **settings):
-        return start_relay(target, pump="auto" if native else "python", **{**kw, **settings})
+        return relay_for(target, pump="auto" if native else "python", **{**kw, **settings})
     make.native = native
     return make
 
@@ -108,21 +108,20 @@ def test_an_upstream_reset_right_after_its_connect_ends_the_session_cleanly(run,
     thread.start()
 
     async def main():
-        relay = await start_relay(Endpoint("127.0.0.1", flapping.getsockname()[1]), tws_aware=tws_aware)
-        host, port = relay.routes[0].address.host, relay.routes[0].address.port
-        n = 500
-        for i in range(n):
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(b"API\0" + b"x" * 64)          # held until the upstream connects
-            if i % 2:
-                writer.write_eof()                       # and a FIN to pass on as well
-            try:
-                await reader.read()
-            except ConnectionError:
-                pass
-            writer.close()
-        await wait_for(lambda: len(records(caplog, "close")) == n, what="every session's close line")
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", flapping.getsockname()[1]), tws_aware=tws_aware) as relay:
+            host, port = relay.routes[0].address.host, relay.routes[0].address.port
+            n = 500
+            for i in range(n):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(b"API\0" + b"x" * 64)          # held until the upstream connects
+                if i % 2:
+                    writer.write_eof()                       # and a FIN to pass on as well
+                try:
+                    await reader.read()
+                except ConnectionError:
+                    pass
+                writer.close()
+            await wait_for(lambda: len(records(caplog, "close")) == n, what="every session's close line")
         return [r.fields["closed_by"] for r in records(caplog, "close")], len(records(caplog, "upstream-failed"))
     try:
         with caplog.at_level(logging.INFO):

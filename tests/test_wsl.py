@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fake_tws import FakeTws
-from helpers import Backend, echo, start_relay
+from helpers import Backend, echo, relay_for
 from relay import discovery
 from relay.wsl import discover as wsl
 from relay.config import Endpoint
@@ -147,19 +147,16 @@ def test_relay_serves_discovery_with_target_state_and_allowlist(run):
     async def main():
         async with Backend(echo) as backend:
             target = backend.endpoint
-            relay = await start_relay(target, discovery_port=0, name="tws-paper")
-            dport = relay.discovery[0][0].port
-            ans = await discovery.fetch("127.0.0.1", dport, 2)
-            assert ans.routes == (discovery.RouteInfo("tws-paper", relay.routes[0].address.port,
-                                                      str(backend.endpoint), True),)
-            await relay.shutdown(0)
-        relay = await start_relay(target, discovery_port=0)   # the backend is gone now
-        assert (await discovery.fetch("127.0.0.1", relay.discovery[0][0].port, 2)).routes[0].target_up is False
-        await relay.shutdown(0)
-        outsider = await start_relay(target, discovery_port=0, allow=(ipaddress.ip_network("10.0.0.0/8"),))
-        with pytest.raises((discovery.DiscoveryError, ConnectionError)):
-            await discovery.fetch("127.0.0.1", outsider.discovery[0][0].port, 2)
-        await outsider.shutdown(0)
+            async with relay_for(target, discovery_port=0, name="tws-paper") as relay:
+                dport = relay.discovery[0][0].port
+                ans = await discovery.fetch("127.0.0.1", dport, 2)
+                assert ans.routes == (discovery.RouteInfo("tws-paper", relay.routes[0].address.port,
+                                                          str(backend.endpoint), True),)
+        async with relay_for(target, discovery_port=0) as relay:  # the backend is gone now
+            assert (await discovery.fetch("127.0.0.1", relay.discovery[0][0].port, 2)).routes[0].target_up is False
+        async with relay_for(target, discovery_port=0, allow=(ipaddress.ip_network("10.0.0.0/8"),)) as outsider:
+            with pytest.raises((discovery.DiscoveryError, ConnectionError)):
+                await discovery.fetch("127.0.0.1", outsider.discovery[0][0].port, 2)
     run(main())
 
 
@@ -190,10 +187,9 @@ def test_probe_verdicts(run):
         async with Backend(hang_up) as b:
             assert (await wsl.probe("127.0.0.1", b.endpoint.port, 2, "x", via_relay=False)).status == "closed"
 
-        relay = await start_relay(Endpoint("127.0.0.1", port))          # relay up, TWS down
-        v = await wsl.probe("127.0.0.1", relay.routes[0].address.port, 2, "route", via_relay=True)
-        assert v.status in ("reset", "closed") and "not answering" in v.detail
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", port)) as relay:  # relay up, TWS down
+            v = await wsl.probe("127.0.0.1", relay.routes[0].address.port, 2, "route", via_relay=True)
+            assert v.status in ("reset", "closed") and "not answering" in v.detail
     run(main())
 
 
@@ -201,12 +197,11 @@ def test_discover_through_relay_on_loopback(run):
     async def main():
         tws = FakeTws()
         port = await tws.start()
-        relay = await start_relay(Endpoint("127.0.0.1", port), discovery_port=0, name="tws-paper")
-        facts = wsl.Facts()   # not WSL, no route table: the host comes from --host
-        report = await wsl.discover(facts, host="127.0.0.1", discovery_port=relay.discovery[0][0].port, timeout=2)
-        assert report.best is not None and report.best.port == relay.routes[0].address.port
-        assert report.route == "tws-paper"
-        assert [v.status for v in report.verdicts] == ["ok", "ok"]
-        await relay.shutdown(0)
+        async with relay_for(Endpoint("127.0.0.1", port), discovery_port=0, name="tws-paper") as relay:
+            facts = wsl.Facts()   # not WSL, no route table: the host comes from --host
+            report = await wsl.discover(facts, host="127.0.0.1", discovery_port=relay.discovery[0][0].port, timeout=2)
+            assert report.best is not None and report.best.port == relay.routes[0].address.port
+            assert report.route == "tws-paper"
+            assert [v.status for v in report.verdicts] == ["ok", "ok"]
         tws.close()
     run(main())
