@@ -36,7 +36,8 @@ class _Report(ctypes.Structure):
 def _load(folder: str = os.path.dirname(os.path.abspath(__file__))) -> Optional[ctypes.CDLL]:
     if not sys.platform.startswith("linux"):
         return None
-    for path in sorted(glob.glob(os.path.join(folder, "_pump*.so"))):
+    # relay/_pump.so (setup.py names it so); an older build's _pump.cpython-*.so only after it
+    for path in sorted(glob.glob(os.path.join(folder, "_pump*.so")), key=lambda p: (not p.endswith("_pump.so"), p)):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
