@@ -90,7 +90,8 @@ def pump_in_use(settings: cfg.Settings) -> str:
         return "native"
     if settings.pump == "python":
         return "python (pump: python)"
-    why = "built on Linux only" if not sys.platform.startswith("linux") else "not built: the pure-Python wheel, or no C compiler at install"
+    why = "built on Linux only" if not sys.platform.startswith("linux") else \
+        "not built: the pure-Python wheel, or no C compiler at install"
     return f"python (native pump {why})"
 
 
