@@ -112,7 +112,8 @@ def serve(config_path, listen, target, allow, max_connections, name, **settings)
         fail("--listen and --target go together")
     if listen:
         route = one_route(listen, target, allow, max_connections, name)
-        if route.listen.port == given.get("discovery_port", cfg.DISCOVERY_PORT):
+        discovery_port = given.get("discovery_port", cfg.DISCOVERY_PORT)
+        if discovery_port and route.listen.port == discovery_port:      # 0: any free port, never a clash
             if "discovery_port" in given:
                 fail(f"--listen port {route.listen.port} is also the discovery port: give --discovery-port another port")
             given["discovery_port"] = None   # the route asked for the default discovery port: the route wins

@@ -270,7 +270,11 @@ def flag(v: Any, path: str) -> bool:
 
 
 def _port_or_off(v: Any, path: str) -> Optional[int]:
-    return None if v is False else int(_number(v, path, low=0, high=65535, integer=True))
+    if v is False:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(f"expected a whole number (a port, 0-65535) or off, got {_kind(v)} {v!r}", path)
+    return int(_number(v, path, low=0, high=65535, integer=True))
 
 
 def _target_check(v: Any, path: str) -> str:
