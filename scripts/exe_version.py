@@ -1,5 +1,6 @@
 """The version resource of relay.exe / relayw.exe (File Properties > Details on Windows), made from
-relay/__init__.py's version by relay.spec. PyInstaller writes it on Windows builds only."""
+relay/__init__.py's version by relay.spec. PyInstaller reads it from a file in the form below
+(`pyi-grab_version`'s); it writes it on Windows builds only."""
 import re
 
 
@@ -19,12 +20,17 @@ def strings(version: str, name: str) -> list:
             ("LegalCopyright", "MIT License, the tws-relay developers")]
 
 
-def version_info(version: str, name: str):
-    """PyInstaller's form of it (US English, Unicode), for EXE(version=...)."""
-    from PyInstaller.utils.win32.versioninfo import (FixedFileInfo, StringFileInfo, StringStruct, StringTable,
-                                                     VarFileInfo, VarStruct, VSVersionInfo)
+def version_file(version: str, name: str) -> str:
+    """The text of PyInstaller's version file (US English, Unicode)."""
     n = numbers(version)
-    return VSVersionInfo(
-        ffi=FixedFileInfo(filevers=n, prodvers=n, mask=0x3F, flags=0x0, OS=0x40004, fileType=0x1, subtype=0x0),
-        kids=[StringFileInfo([StringTable("040904B0", [StringStruct(k, v) for k, v in strings(version, name)])]),
-              VarFileInfo([VarStruct("Translation", [0x0409, 1200])])])
+    table = ",\n          ".join(f"StringStruct({k!r}, {v!r})" for k, v in strings(version, name))
+    return f"""VSVersionInfo(
+  ffi=FixedFileInfo(filevers={n}, prodvers={n}, mask=0x3f, flags=0x0, OS=0x40004, fileType=0x1,
+                    subtype=0x0, date=(0, 0)),
+  kids=[
+    StringFileInfo([StringTable('040904B0', [
+          {table}])]),
+    VarFileInfo([VarStruct('Translation', [1033, 1200])])
+  ]
+)
+"""

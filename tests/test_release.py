@@ -1,6 +1,7 @@
 """The release: `scripts/release` builds the sdist, the pure-Python wheel and the Linux wheel with the
 native pump from the committed tree, with SHA256SUMS; each wheel installs into fresh venvs of every
 python3 here and runs; Debian's pipx installs it as WSL users will. What it refuses builds nothing."""
+import functools
 import os
 import re
 import shutil
@@ -75,6 +76,15 @@ def test_the_exe_version_resource_carries_the_version():
     fields = dict(exe_version.strings("1.2.3", "relayw"))
     assert fields["FileVersion"] == fields["ProductVersion"] == "1.2.3"
     assert fields["OriginalFilename"] == "relayw.exe"
+    # the file PyInstaller evaluates with its own classes (Windows only): here each class records its arguments
+    names = ("VSVersionInfo", "FixedFileInfo", "StringFileInfo", "StringTable", "StringStruct", "VarFileInfo", "VarStruct")
+    record = {n: functools.partial(lambda name, *a, **k: (name, a, k), n) for n in names}
+    info = eval(exe_version.version_file("1.2.3", "relayw"), {"__builtins__": {}}, record)   # noqa: S307
+    assert info[0] == "VSVersionInfo" and info[2]["ffi"][2]["filevers"] == (1, 2, 3, 0)
+    (string_file_info, var_file_info) = info[2]["kids"]
+    (table,) = string_file_info[1][0]
+    assert [s[1] for s in table[1][1]] == exe_version.strings("1.2.3", "relayw")
+    assert var_file_info[1][0][0][1] == ("Translation", [1033, 1200])
 
 
 def test_the_windows_zip_is_flat_beside_the_logon_script(tmp_path):
