@@ -1,4 +1,6 @@
 import asyncio
+import functools
+import inspect
 import logging
 import os
 import socket
@@ -85,6 +87,21 @@ def relay_logs_at_info(caplog):
 @pytest.fixture(scope="session", params=LOOP_KINDS)
 def loop_kind(request):
     return request.param
+
+
+def on_each_loop(test=None, *, timeout: float = 30):
+    """An `async def` test, run to completion by the `run` fixture: once per event loop kind, on a
+    fresh loop, a hang turned into a failure after `timeout` seconds."""
+    if test is None:
+        return lambda t: on_each_loop(t, timeout=timeout)
+    signature = inspect.signature(test)
+
+    @functools.wraps(test)
+    def sync_test(run, *args, **kwargs):
+        return run(test(*args, **kwargs), timeout=timeout)
+    run_param = inspect.Parameter("run", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    sync_test.__signature__ = signature.replace(parameters=[run_param, *signature.parameters.values()])
+    return sync_test
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from conftest import on_each_loop
 from fake_tws import FakeTws
 from helpers import records, relay_for, wait_for
 from relay.config import Endpoint
@@ -25,27 +26,26 @@ def env_file(tmp_path, port):
 
 
 @pytest.mark.parametrize("library", ["ib_async", "ibapi"])
-def test_client_library_through_relay(run, caplog, tmp_path, library):
+@on_each_loop(timeout=60)
+async def test_client_library_through_relay(caplog, tmp_path, library):
     pytest.importorskip(library, reason=f"{library} comes with the test extras (pip install -e .[test])")
 
-    async def main():
-        fake = FakeTws()
-        async with relay_for(Endpoint("127.0.0.1", await fake.start())) as relay:
-            port = relay.routes[0].address.port
-            if library == "ib_async":
-                proc = await bot(os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "21")
-            else:
-                proc = await bot(os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "21")
-            out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
-            assert proc.returncode == 0, out
-            assert abs(int(out.split("time ")[1].split()[0]) - time.time()) < 60
-            await wait_for(lambda: records(caplog, "close"), what="close line")
-            start = records(caplog, "api-start")[0].fields
-            assert start["client_id"] == 21
-            assert start["server_version"] == (176 if library == "ib_async" else 157)   # negotiated per client
-            assert fake.client_ids == [21]
-        fake.close()
-    run(main(), timeout=60)
+    fake = FakeTws()
+    async with relay_for(Endpoint("127.0.0.1", await fake.start())) as relay:
+        port = relay.routes[0].address.port
+        if library == "ib_async":
+            proc = await bot(os.path.join(HERE, "bot.py"), env_file(tmp_path, port), "21")
+        else:
+            proc = await bot(os.path.join(HERE, "ibapi_bot.py"), "127.0.0.1", str(port), "21")
+        out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+        assert proc.returncode == 0, out
+        assert abs(int(out.split("time ")[1].split()[0]) - time.time()) < 60
+        await wait_for(lambda: records(caplog, "close"), what="close line")
+        start = records(caplog, "api-start")[0].fields
+        assert start["client_id"] == 21
+        assert start["server_version"] == (176 if library == "ib_async" else 157)   # negotiated per client
+        assert fake.client_ids == [21]
+    fake.close()
 
 
 def test_duplicate_client_id_gets_tws_error_326_at_once_in_ibapi(run, caplog, tmp_path):

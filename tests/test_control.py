@@ -6,6 +6,7 @@ import logging
 
 from hypothesis import given, settings, strategies as st
 
+from conftest import on_each_loop
 from helpers import records, wait_for
 from relay import control
 from relay.logs import RateLimit
@@ -73,46 +74,43 @@ def test_every_malformed_request_gets_an_error_or_a_close_never_a_traceback(run,
     no_traceback(caplog)
 
 
-def test_the_right_secret_still_acts_and_wrong_types_are_refused_by_the_relay(run):
-    async def main():
-        acted = []
-        server = served(acted)
-        await server.bind()
-        got = json.loads(await exchange(server.port, json.dumps({"token": TOKEN, "action": "stop"}).encode() + b"\n"))
-        assert got == {"ok": True, "did": "stop"} and acted == [{"token": TOKEN, "action": "stop"}]
-        server.close()
-    run(main())
+@on_each_loop
+async def test_the_right_secret_still_acts_and_wrong_types_are_refused_by_the_relay():
+    acted = []
+    server = served(acted)
+    await server.bind()
+    got = json.loads(await exchange(server.port, json.dumps({"token": TOKEN, "action": "stop"}).encode() + b"\n"))
+    assert got == {"ok": True, "did": "stop"} and acted == [{"token": TOKEN, "action": "stop"}]
+    server.close()
 
 
-def test_a_slow_or_silent_client_is_closed_after_the_read_timeout(run):
-    async def main():
-        server = served([])
-        server.read_timeout = 0.2
-        await server.bind()
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b'{"token": "')                    # and nothing more, no FIN
-        assert await asyncio.wait_for(reader.read(), 5) == b""
-        writer.close()
-        assert server.clients == 0
-        server.close()
-    run(main())
+@on_each_loop
+async def test_a_slow_or_silent_client_is_closed_after_the_read_timeout():
+    server = served([])
+    server.read_timeout = 0.2
+    await server.bind()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b'{"token": "')                    # and nothing more, no FIN
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert server.clients == 0
+    server.close()
 
 
-def test_more_than_max_clients_at_once_are_closed_and_the_rest_still_answered(run):
-    async def main():
-        server = served([])
-        await server.bind()
-        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(control.MAX_CLIENTS)]
-        await wait_for(lambda: server.clients == control.MAX_CLIENTS, what="the held requests")
-        assert await exchange(server.port, b"{}\n") == b""              # one too many: closed unanswered
-        for _, w in held:
-            w.write(b"{}\n")
-        answers = [json.loads(await r.read()) for r, _ in held]
-        assert all(a["ok"] is False for a in answers)
-        for _, w in held:
-            w.close()
-        server.close()
-    run(main())
+@on_each_loop
+async def test_more_than_max_clients_at_once_are_closed_and_the_rest_still_answered():
+    server = served([])
+    await server.bind()
+    held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(control.MAX_CLIENTS)]
+    await wait_for(lambda: server.clients == control.MAX_CLIENTS, what="the held requests")
+    assert await exchange(server.port, b"{}\n") == b""              # one too many: closed unanswered
+    for _, w in held:
+        w.write(b"{}\n")
+    answers = [json.loads(await r.read()) for r, _ in held]
+    assert all(a["ok"] is False for a in answers)
+    for _, w in held:
+        w.close()
+    server.close()
 
 
 def test_refusals_are_logged_a_few_times_a_minute_with_a_count(caplog):
@@ -180,17 +178,16 @@ def test_arbitrary_bytes_over_the_socket_get_an_answer_or_a_close(run, data, eof
     assert not [r for r in kept.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
-def test_the_relay_refuses_a_kick_whose_fields_have_the_wrong_types(run):
+@on_each_loop
+async def test_the_relay_refuses_a_kick_whose_fields_have_the_wrong_types():
     from helpers import relay_for
     from relay.config import Endpoint
 
-    async def main():
-        async with relay_for(Endpoint("127.0.0.1", 9)) as relay:
-            for request, words in (({"action": "kick", "client_id": "7"}, "client_id must be a whole number"),
-                                   ({"action": "kick", "client_id": True}, "client_id must be a whole number"),
-                                   ({"action": "kick", "client_id": 7, "route": ["test"]}, "route must be"),
-                                   ({"action": {"x": 1}}, "unknown action"),
-                                   ({"action": "kick", "client_id": 7, "route": "test"}, "no connection holds")):
-                answer = relay.act(request)
-                assert answer["ok"] is False and words in answer["error"], (request, answer)
-    run(main())
+    async with relay_for(Endpoint("127.0.0.1", 9)) as relay:
+        for request, words in (({"action": "kick", "client_id": "7"}, "client_id must be a whole number"),
+                               ({"action": "kick", "client_id": True}, "client_id must be a whole number"),
+                               ({"action": "kick", "client_id": 7, "route": ["test"]}, "route must be"),
+                               ({"action": {"x": 1}}, "unknown action"),
+                               ({"action": "kick", "client_id": 7, "route": "test"}, "no connection holds")):
+            answer = relay.act(request)
+            assert answer["ok"] is False and words in answer["error"], (request, answer)

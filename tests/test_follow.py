@@ -14,6 +14,7 @@ from collections import namedtuple
 
 import pytest
 
+from conftest import on_each_loop
 from helpers import REFUSED_WITHIN, Proc, echo, records, relay_for, running, wait_for
 from netns import HostAndGuest, _ip, skip_without_namespaces
 from relay import hostnet
@@ -114,31 +115,29 @@ def test_downed_target_means_refused_at_once_and_back_within_a_second(run, caplo
     print(f"route back {back:.2f}s after the target")
 
 
-def test_refused_upstream_wakes_the_check_at_once(run):
-    async def main():
-        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
-        tport = backend.sockets[0].getsockname()[1]
-        async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect", check_interval=60) as relay:
-            route = relay.routes[0]
-            backend.close()
-            await backend.wait_closed()
-            loop = asyncio.get_running_loop()
-            t0 = loop.time()
-            assert (await attempt(route.address.port))[0] == "closed"   # this one was accepted: TWS just died
-            await wait_for(lambda: route.state == "target-down", timeout=5, what="target-down")
-            assert loop.time() - t0 < 1.5                                  # not the 60 s interval
-    run(main())
+@on_each_loop
+async def test_refused_upstream_wakes_the_check_at_once():
+    backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+    tport = backend.sockets[0].getsockname()[1]
+    async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect", check_interval=60) as relay:
+        route = relay.routes[0]
+        backend.close()
+        await backend.wait_closed()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert (await attempt(route.address.port))[0] == "closed"   # this one was accepted: TWS just died
+        await wait_for(lambda: route.state == "target-down", timeout=5, what="target-down")
+        assert loop.time() - t0 < 1.5                                  # not the 60 s interval
 
 
-def test_target_down_at_start_still_validates_the_address_then_waits(run):
-    async def main():
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        tport = s.getsockname()[1]
-        s.close()
-        async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect") as relay:
-            assert relay.routes[0].state == "target-down" and relay.routes[0].server is None
-    run(main())
+@on_each_loop
+async def test_target_down_at_start_still_validates_the_address_then_waits():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    tport = s.getsockname()[1]
+    s.close()
+    async with relay_for(Endpoint("127.0.0.1", tport), target_check="connect") as relay:
+        assert relay.routes[0].state == "target-down" and relay.routes[0].server is None
 
 
 # -- following a real interface (inside a namespace: the relay, the target and the clients)
@@ -207,7 +206,8 @@ status_port: false
                 p.kill()
 
 
-def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening(run, caplog, monkeypatch):
+@on_each_loop
+async def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening(caplog, monkeypatch):
     """Known only at run time: the adapter's address is where a route listens, and a route's target
     (its own, or another's) points there. Those routes do not listen, each says why once; the
     others are not affected."""
@@ -218,30 +218,28 @@ def test_an_adapter_address_that_a_route_targets_keeps_that_route_from_listening
     monkeypatch.setattr(hostnet, "interfaces", lambda: {"fake0": [v4("127.0.0.2", "255.0.0.0")]})
     monkeypatch.setattr(hostnet, "interface_stats", lambda: {})
 
-    async def main():
-        backend = await asyncio.start_server(echo, "127.0.0.1", 0)
-        tws = Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1])
-        routes = (Route("self", Endpoint("", port), Endpoint("127.0.0.2", port), interface="fake0"),
-                  Route("feeds", Endpoint("127.0.0.1", 0), Endpoint("127.0.0.2", port)),
-                  Route("fine", Endpoint("127.0.0.1", 0), tws))
-        async with running(Relay(Config(routes, settings(target_check="connect")))) as relay:
-            await relay.tick()
-            await relay.tick()
-            this, feeds, fine = relay.routes
-            assert this.state == feeds.state == "target-is-this-relay" and this.server is None and feeds.server is None
-            assert fine.state == "listening" and (await attempt(fine.address.port))[0] == "ok"
-            for host, p in (("127.0.0.2", port), ("127.0.0.1", feeds.address.port)):
-                with pytest.raises(ConnectionRefusedError):
-                    await asyncio.open_connection(host, p)
-            lines = {r.fields["route"]: r for r in caplog.records if r.getMessage() == "target-is-this-relay"}
-            assert len(lines) == 2 == len([r for r in caplog.records if r.getMessage() == "target-is-this-relay"])
-            assert lines["self"].levelno == logging.ERROR and "its own listen address" in lines["self"].fields["error"]
-            assert "where route 'self' listens" in lines["feeds"].fields["error"]
-            assert lines["feeds"].fields["listener"] == "self"
-            status = json.loads(await relay.status_answer())
-            assert [r["state"] for r in status["routes"]] == ["target-is-this-relay"] * 2 + ["listening"]
-        backend.close()
-    run(main())
+    backend = await asyncio.start_server(echo, "127.0.0.1", 0)
+    tws = Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1])
+    routes = (Route("self", Endpoint("", port), Endpoint("127.0.0.2", port), interface="fake0"),
+              Route("feeds", Endpoint("127.0.0.1", 0), Endpoint("127.0.0.2", port)),
+              Route("fine", Endpoint("127.0.0.1", 0), tws))
+    async with running(Relay(Config(routes, settings(target_check="connect")))) as relay:
+        await relay.tick()
+        await relay.tick()
+        this, feeds, fine = relay.routes
+        assert this.state == feeds.state == "target-is-this-relay" and this.server is None and feeds.server is None
+        assert fine.state == "listening" and (await attempt(fine.address.port))[0] == "ok"
+        for host, p in (("127.0.0.2", port), ("127.0.0.1", feeds.address.port)):
+            with pytest.raises(ConnectionRefusedError):
+                await asyncio.open_connection(host, p)
+        lines = {r.fields["route"]: r for r in caplog.records if r.getMessage() == "target-is-this-relay"}
+        assert len(lines) == 2 == len([r for r in caplog.records if r.getMessage() == "target-is-this-relay"])
+        assert lines["self"].levelno == logging.ERROR and "its own listen address" in lines["self"].fields["error"]
+        assert "where route 'self' listens" in lines["feeds"].fields["error"]
+        assert lines["feeds"].fields["listener"] == "self"
+        status = json.loads(await relay.status_answer())
+        assert [r["state"] for r in status["routes"]] == ["target-is-this-relay"] * 2 + ["listening"]
+    backend.close()
 
 
 # -- a listener that stops under the relay (the Proactor loop closes it after a failed accept,

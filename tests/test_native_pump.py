@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import on_each_loop
 from helpers import Backend, address, echo, native_pump_missing, records, reset, relay_for, wait_for
 from relay.config import Endpoint
 from relay import native_pump
@@ -45,88 +46,85 @@ async def _handed_over_sessions(relay, n: int) -> list:
     return sessions
 
 
-def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(run, caplog):
+@on_each_loop
+async def test_a_tws_session_moves_to_the_native_pump_once_tws_accepts_it(caplog):
     client, server, _ = session(176, 7)
     answer = asyncio.Event()
     payload = os.urandom(300_000)
 
-    async def main():
-        async with Backend(lambda r, w: _tws_then_echo(r, w, client, server, answer)) as backend:
-            async with relay_for(backend.endpoint) as relay:
-                route = relay.routes[0]
-                reader, writer = await asyncio.open_connection(*address(relay))
-                writer.write(client)
-                await wait_for(lambda: route.active and next(iter(route.active)).session.server_version == 176,
-                               what="TWS's version reply")
-                splice = next(iter(route.active))
-                await asyncio.sleep(0)   # a hand-over would be scheduled by now: there must be none
-                assert splice.native is None and splice.session.phase == "hello", "handed over before TWS answered"
-                answer.set()
-                assert await reader.readexactly(len(server)) == server
-                await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-                assert splice.session.phase == "api-ready" and splice.session.client_id == 7
+    async with Backend(lambda r, w: _tws_then_echo(r, w, client, server, answer)) as backend:
+        async with relay_for(backend.endpoint) as relay:
+            route = relay.routes[0]
+            reader, writer = await asyncio.open_connection(*address(relay))
+            writer.write(client)
+            await wait_for(lambda: route.active and next(iter(route.active)).session.server_version == 176,
+                           what="TWS's version reply")
+            splice = next(iter(route.active))
+            await asyncio.sleep(0)   # a hand-over would be scheduled by now: there must be none
+            assert splice.native is None and splice.session.phase == "hello", "handed over before TWS answered"
+            answer.set()
+            assert await reader.readexactly(len(server)) == server
+            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+            assert splice.session.phase == "api-ready" and splice.session.client_id == 7
 
-                writer.write(payload)
-                assert await reader.readexactly(len(payload)) == payload
-                # the relay still knows each connection's bytes while the native pump moves them
-                status = json.loads(await relay.status_answer())
-                assert status["pump"] == "native"
-                conn = status["routes"][0]["connections"][0]
-                assert (conn["bytes_up"], conn["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
-                assert conn["client_id"] == 7 and conn["phase"] == "api-ready" and conn["pump"] == "native"
+            writer.write(payload)
+            assert await reader.readexactly(len(payload)) == payload
+            # the relay still knows each connection's bytes while the native pump moves them
+            status = json.loads(await relay.status_answer())
+            assert status["pump"] == "native"
+            conn = status["routes"][0]["connections"][0]
+            assert (conn["bytes_up"], conn["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
+            assert conn["client_id"] == 7 and conn["phase"] == "api-ready" and conn["pump"] == "native"
 
-                reset(writer)
-                await wait_for(lambda: not route.active, what="the relay to finish the connection")
-                close = records(caplog, "close")[-1].fields
-                assert close["closed_by"] == "client (reset)"
-                assert (close["bytes_up"], close["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
-                assert close["client_id"] == 7
-
-    run(main())
+            reset(writer)
+            await wait_for(lambda: not route.active, what="the relay to finish the connection")
+            close = records(caplog, "close")[-1].fields
+            assert close["closed_by"] == "client (reset)"
+            assert (close["bytes_up"], close["bytes_down"]) == (len(client) + len(payload), len(server) + len(payload))
+            assert close["client_id"] == 7
 
 
-def test_pump_python_keeps_every_byte_in_the_event_loop(run):
-    async def main():
-        async with Backend(echo) as backend:
-            async with relay_for(backend.endpoint, tws_aware=False, pump="python") as relay:
-                reader, writer = await asyncio.open_connection(*address(relay))
-                for _ in range(3):   # round trips: a hand-over, were there one, is scheduled after the first
-                    writer.write(b"ping")
-                    assert await reader.readexactly(4) == b"ping"
-                splice = next(iter(relay.routes[0].active))
-                assert splice.native is None and not splice.handed_over
-                assert json.loads(await relay.status_answer())["pump"] == "python"
-                writer.close()
-    run(main())
+
+@on_each_loop
+async def test_pump_python_keeps_every_byte_in_the_event_loop():
+    async with Backend(echo) as backend:
+        async with relay_for(backend.endpoint, tws_aware=False, pump="python") as relay:
+            reader, writer = await asyncio.open_connection(*address(relay))
+            for _ in range(3):   # round trips: a hand-over, were there one, is scheduled after the first
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+            splice = next(iter(relay.routes[0].active))
+            assert splice.native is None and not splice.handed_over
+            assert json.loads(await relay.status_answer())["pump"] == "python"
+            writer.close()
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_sessions_spread_over_the_pump_threads_and_stay_exact(run, threads):
+@on_each_loop
+async def test_sessions_spread_over_the_pump_threads_and_stay_exact(threads):
     """Each new session goes to the pump thread with the fewest sessions; a thread is added only
     while every running one is busy and there are fewer than pump_threads."""
-    async def main():
-        async with Backend(echo) as backend:
-            async with relay_for(backend.endpoint, tws_aware=False, pump_threads=threads) as relay:
-                route = relay.routes[0]
-                streams = await _handed_over_sessions(relay, 4)
-                pumps = [splice.native_pump for splice, _, _ in streams]
-                assert len(set(pumps)) == threads
-                assert sorted(pumps.count(p) for p in set(pumps)) == {1: [4], 2: [2, 2], 3: [1, 1, 2]}[threads]
-                assert json.loads(await relay.status_answer())["pump_threads"] >= threads
-                payloads = [os.urandom(200_000 + i) for i in range(4)]
-                for (_, _, writer), payload in zip(streams, payloads):
-                    writer.write(payload)
-                for (_, reader, _), payload in zip(streams, payloads):
-                    assert await reader.readexactly(len(payload)) == payload
-                assert await relay.shutdown(0) == 4       # each thread cuts its own sessions
-                assert not route.active
-                for _, reader, writer in streams:
-                    try:
-                        assert await asyncio.wait_for(reader.read(), 5) == b""
-                    except ConnectionResetError:
-                        pass
-                    writer.close()
-    run(main())
+    async with Backend(echo) as backend:
+        async with relay_for(backend.endpoint, tws_aware=False, pump_threads=threads) as relay:
+            route = relay.routes[0]
+            streams = await _handed_over_sessions(relay, 4)
+            pumps = [splice.native_pump for splice, _, _ in streams]
+            assert len(set(pumps)) == threads
+            assert sorted(pumps.count(p) for p in set(pumps)) == {1: [4], 2: [2, 2], 3: [1, 1, 2]}[threads]
+            assert json.loads(await relay.status_answer())["pump_threads"] >= threads
+            payloads = [os.urandom(200_000 + i) for i in range(4)]
+            for (_, _, writer), payload in zip(streams, payloads):
+                writer.write(payload)
+            for (_, reader, _), payload in zip(streams, payloads):
+                assert await reader.readexactly(len(payload)) == payload
+            assert await relay.shutdown(0) == 4       # each thread cuts its own sessions
+            assert not route.active
+            for _, reader, writer in streams:
+                try:
+                    assert await asyncio.wait_for(reader.read(), 5) == b""
+                except ConnectionResetError:
+                    pass
+                writer.close()
 
 
 class _PumpThreadSleeps:
@@ -184,7 +182,8 @@ def _quiet_round_trips(sock: socket.socket, round_trips: int, quiet: float, slee
 
 
 @pytest.mark.parametrize("busy_poll", [0, 1000])
-def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, echo_server, busy_poll):
+@on_each_loop
+async def test_busy_poll_keeps_the_pump_thread_awake_between_messages(echo_server, busy_poll):
     """Round trips through the relay, each after 0.2 ms without traffic: without busy polling the
     pump thread sleeps in such pauses; with busy_poll: 1000 it polls on through them and does not
     sleep. Both ends are plain threads on blocking sockets. Judged on 200 round trips where the
@@ -192,12 +191,10 @@ def test_busy_poll_keeps_the_pump_thread_awake_between_messages(run, echo_server
     longer (the echo thread held up, the machine busy) the window ran out, and it rightly slept."""
     wanted, window = 200, 0.0009
 
-    async def main():
-        async with relay_for(Endpoint("127.0.0.1", echo_server), tws_aware=False, pump_threads=1,
-                             busy_poll=busy_poll) as relay:
-            with socket.create_connection(address(relay)) as client:
-                await _busy_poll_cycles(relay, client, busy_poll, wanted, window)
-    run(main())
+    async with relay_for(Endpoint("127.0.0.1", echo_server), tws_aware=False, pump_threads=1,
+                         busy_poll=busy_poll) as relay:
+        with socket.create_connection(address(relay)) as client:
+            await _busy_poll_cycles(relay, client, busy_poll, wanted, window)
 
 
 async def _busy_poll_cycles(relay, client, busy_poll: int, wanted: int, window: float) -> None:
@@ -224,32 +221,31 @@ async def _busy_poll_cycles(relay, client, busy_poll: int, wanted: int, window: 
         assert slept >= len(short) // 2, (slept, len(short))
 
 
-def test_ended_pairs_are_freed_without_a_wake_up_each_and_never_pile_up(run):
+@on_each_loop
+async def test_ended_pairs_are_freed_without_a_wake_up_each_and_never_pile_up():
     """The pump thread frees an ended pair with its next command (the next hand-over), or once 64
     of them wait: it is not woken once per closed connection, and memory does not grow with them."""
-    async def main():
-        async with Backend(echo) as backend:
-            async with relay_for(backend.endpoint, tws_aware=False, pump_threads=1, max_connections=200) as relay:
-                route = relay.routes[0]
-                streams = await _handed_over_sessions(relay, 100)
-                pump = streams[0][0].native_pump
-                assert pump.pairs_in_memory() == 100
-                for splice, _, writer in streams[:10]:
-                    writer.close()
-                    await wait_for(lambda s=splice: s not in route.active, what="the relay to finish the connection")
-                # a round trip through the same thread: a release that woke it would have run by now
-                _, reader, writer = streams[-1]
-                writer.write(b"ping")
-                assert await reader.readexactly(4) == b"ping"
-                assert pump.pairs_in_memory() == 100, "the thread was woken to free each ended pair"
-                for _, _, writer in streams[10:]:
-                    writer.close()
-                await wait_for(lambda: not route.active, what="the relay to finish every connection")
-                await wait_for(lambda: pump.pairs_in_memory() < 64, what="the pump thread to free a batch")
-                (_, _, writer), = await _handed_over_sessions(relay, 1)   # its hand-over frees the rest
-                await wait_for(lambda: pump.pairs_in_memory() == 1, what="the pump thread to free every ended pair")
+    async with Backend(echo) as backend:
+        async with relay_for(backend.endpoint, tws_aware=False, pump_threads=1, max_connections=200) as relay:
+            route = relay.routes[0]
+            streams = await _handed_over_sessions(relay, 100)
+            pump = streams[0][0].native_pump
+            assert pump.pairs_in_memory() == 100
+            for splice, _, writer in streams[:10]:
                 writer.close()
-    run(main())
+                await wait_for(lambda s=splice: s not in route.active, what="the relay to finish the connection")
+            # a round trip through the same thread: a release that woke it would have run by now
+            _, reader, writer = streams[-1]
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            assert pump.pairs_in_memory() == 100, "the thread was woken to free each ended pair"
+            for _, _, writer in streams[10:]:
+                writer.close()
+            await wait_for(lambda: not route.active, what="the relay to finish every connection")
+            await wait_for(lambda: pump.pairs_in_memory() < 64, what="the pump thread to free a batch")
+            (_, _, writer), = await _handed_over_sessions(relay, 1)   # its hand-over frees the rest
+            await wait_for(lambda: pump.pairs_in_memory() == 1, what="the pump thread to free every ended pair")
+            writer.close()
 
 
 def test_shutdown_closes_native_connections_and_logs_them(run, caplog):
@@ -275,7 +271,8 @@ def test_shutdown_closes_native_connections_and_logs_them(run, caplog):
         run(main())
 
 
-def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_gone(run, caplog):
+@on_each_loop
+async def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_gone(caplog):
     """Bytes owed to a client get drain_timeout to go; a client that never reads does not hold the
     connection (and its memory) open past it."""
     flooding = asyncio.Event()
@@ -292,30 +289,28 @@ def test_a_reader_that_never_reads_is_cut_after_drain_timeout_once_its_peer_is_g
         flood_task.cancel()
         reset(writer)
 
-    async def main():
-        async with Backend(flood_then_reset) as backend:
-            async with relay_for(backend.endpoint, tws_aware=False, drain_timeout=0.5) as relay:
-                route = relay.routes[0]
-                loop = asyncio.get_running_loop()
-                client = socket.socket()   # never read: a small receive buffer that stays full
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-                client.setblocking(False)
-                await loop.sock_connect(client, address(relay))
-                await loop.sock_sendall(client, b"!")
-                await wait_for(lambda: route.active, what="connection to open")
-                splice = next(iter(route.active))
-                await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
-                await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= splice.native_pump.marks()[0],
-                               what="the relay to hold bytes for the client that does not read")
-                flooding.set()
-                started = time.monotonic()
-                await wait_for(lambda: not route.active, timeout=10, what="the relay to give up on the client")
-                took = time.monotonic() - started
-                assert 0.4 <= took < 5, f"closed after {took:.2f} s, drain_timeout 0.5 s"
-                assert records(caplog, "close")[-1].fields["closed_by"] == "upstream (reset)"
-                client.close()
+    async with Backend(flood_then_reset) as backend:
+        async with relay_for(backend.endpoint, tws_aware=False, drain_timeout=0.5) as relay:
+            route = relay.routes[0]
+            loop = asyncio.get_running_loop()
+            client = socket.socket()   # never read: a small receive buffer that stays full
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            client.setblocking(False)
+            await loop.sock_connect(client, address(relay))
+            await loop.sock_sendall(client, b"!")
+            await wait_for(lambda: route.active, what="connection to open")
+            splice = next(iter(route.active))
+            await wait_for(lambda: splice.native is not None, what="hand-over to the native pump")
+            await wait_for(lambda: splice.native_pump.counts(splice.native)[3] >= splice.native_pump.marks()[0],
+                           what="the relay to hold bytes for the client that does not read")
+            flooding.set()
+            started = time.monotonic()
+            await wait_for(lambda: not route.active, timeout=10, what="the relay to give up on the client")
+            took = time.monotonic() - started
+            assert 0.4 <= took < 5, f"closed after {took:.2f} s, drain_timeout 0.5 s"
+            assert records(caplog, "close")[-1].fields["closed_by"] == "upstream (reset)"
+            client.close()
 
-    run(main())
 
 
 def test_a_pump_thread_that_cannot_start_leaves_the_python_pump_in_charge(run, caplog, monkeypatch):
@@ -402,30 +397,29 @@ def test_the_native_pump_runs_with_the_python_pumps_marks(run):
 
 
 
-def test_a_close_the_pump_cannot_queue_is_asked_again(run, caplog, monkeypatch):
+@on_each_loop
+async def test_a_close_the_pump_cannot_queue_is_asked_again(caplog, monkeypatch):
     """Fault injection: the command queue cannot grow once (relay_pump_close returns -1, as on
     ENOMEM). The kick still closes both legs, on the second try, and the session ends."""
-    async def main():
-        async with Backend(echo) as backend:
-            async with relay_for(backend.endpoint, tws_aware=False) as relay:
-                streams = await _handed_over_sessions(relay, 1)
-                splice = streams[0][0]
-                pump = splice.native_pump
-                real, failures = pump.lib, []
+    async with Backend(echo) as backend:
+        async with relay_for(backend.endpoint, tws_aware=False) as relay:
+            streams = await _handed_over_sessions(relay, 1)
+            splice = streams[0][0]
+            pump = splice.native_pump
+            real, failures = pump.lib, []
 
-                class FailsOnce:
-                    def __getattr__(self, name):
-                        return getattr(real, name)
+            class FailsOnce:
+                def __getattr__(self, name):
+                    return getattr(real, name)
 
-                    def relay_pump_close(self, *args):
-                        if not failures:
-                            failures.append(args)
-                            return -1
-                        return real.relay_pump_close(*args)
-                monkeypatch.setattr(pump, "lib", FailsOnce())
-                splice.abort("relay (kicked)")
-                await wait_for(lambda: not relay.routes[0].active, timeout=5, what="the session to end")
-                assert len(failures) == 1 and splice.closed_by == "relay (kicked)"
-                for _, _, writer in streams:
-                    writer.close()
-    run(main())
+                def relay_pump_close(self, *args):
+                    if not failures:
+                        failures.append(args)
+                        return -1
+                    return real.relay_pump_close(*args)
+            monkeypatch.setattr(pump, "lib", FailsOnce())
+            splice.abort("relay (kicked)")
+            await wait_for(lambda: not relay.routes[0].active, timeout=5, what="the session to end")
+            assert len(failures) == 1 and splice.closed_by == "relay (kicked)"
+            for _, _, writer in streams:
+                writer.close()

@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 import conformance
 from tws_sessions import session
-from conftest import linux_only_because
+from conftest import linux_only_because, on_each_loop
 from helpers import native_pump_missing, relay_for
 
 
@@ -43,27 +43,31 @@ def test_bytes_exact_any_chunking_and_close_order(run, make_relay, up, down, ord
     run(conformance.check_exact(make_relay, up, down, order), timeout=10)
 
 
-def test_large_transfer_exact_both_ways(run, make_relay):
+@on_each_loop
+async def test_large_transfer_exact_both_ways(make_relay):
     import random
     rnd = random.Random(7)
     up = [rnd.randbytes(rnd.randint(1, 300_000)) for _ in range(20)]
     down = [rnd.randbytes(rnd.randint(1, 300_000)) for _ in range(20)]
-    run(conformance.check_exact(make_relay, up, down, "both"))
+    await conformance.check_exact(make_relay, up, down, "both")
 
 
 @pytest.mark.parametrize("who_first", ["client", "server"])
-def test_half_close_is_forwarded(run, make_relay, who_first):
-    run(conformance.check_half_close(make_relay, who_first))
+@on_each_loop
+async def test_half_close_is_forwarded(make_relay, who_first):
+    await conformance.check_half_close(make_relay, who_first)
 
 
 @pytest.mark.parametrize("direction", ["up", "down"])
-def test_slow_reader_bounds_memory(run, make_relay, direction):
-    run(conformance.check_slow_reader(make_relay, direction))
+@on_each_loop
+async def test_slow_reader_bounds_memory(make_relay, direction):
+    await conformance.check_slow_reader(make_relay, direction)
 
 
 @pytest.mark.parametrize("how", conformance.CLOSE_HOWS)
-def test_close_or_reset_closes_other_leg(run, make_relay, how):
-    run(conformance.check_close_propagates(make_relay, how))
+@on_each_loop
+async def test_close_or_reset_closes_other_leg(make_relay, how):
+    await conformance.check_close_propagates(make_relay, how)
 
 
 @given(version=st.sampled_from([176, 205, 213]), up=chunks, down=chunks,
@@ -139,5 +143,6 @@ def test_an_upstream_reset_right_after_its_connect_ends_the_session_cleanly(run,
 
 
 @linux_only_because("finds the relay's socket through /proc/self/fd to shrink its send buffer")
-def test_drain_timeout_cuts_a_client_that_never_takes_what_it_is_owed(run, make_relay):
-    run(conformance.check_drain_timeout(make_relay))
+@on_each_loop
+async def test_drain_timeout_cuts_a_client_that_never_takes_what_it_is_owed(make_relay):
+    await conformance.check_drain_timeout(make_relay)

@@ -5,6 +5,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import on_each_loop
 from fake_tws import FakeTws
 from helpers import address, native_pump_missing, records, relay_for, wait_for
 from relay import tws
@@ -192,59 +193,58 @@ async def read_message(reader):
 
 
 @pytest.mark.parametrize("version", [176, 205, 213])
-def test_relay_logs_client_id_and_version_and_warns_on_clash(run, caplog, version):
-    async def main():
-        fake = FakeTws(version=version)
-        port = await fake.start()
-        async with relay_for(Endpoint("127.0.0.1", port)) as relay:
-            r1, w1 = await connect_bot(relay.routes[0].address.port, 7)
-            await wait_for(lambda: records(caplog, "api-start"), what="api-start line")
-            start = records(caplog, "api-start")[0].fields
-            assert (start["client_id"], start["server_version"]) == (7, version)
-            r2, w2 = await connect_bot(relay.routes[0].address.port, 7)
-            await wait_for(lambda: records(caplog, "client-id-clash"), what="clash warning")
-            clash = records(caplog, "client-id-clash")[0].fields
-            peers = [next(iter(relay.routes[0].active)).peer, list(relay.routes[0].active)[1].peer]
-            assert clash["held_by"] == peers[0] and clash["peer"] == peers[1] and clash["client_id"] == 7
-            w1.close()
-            w2.close()
-            await wait_for(lambda: len(records(caplog, "close")) == 2, what="close lines")
-            assert all(r.fields["client_id"] == 7 for r in records(caplog, "close"))
-            # once both are gone, clientId 7 is free again: no warning for the next one
-            r3, w3 = await connect_bot(relay.routes[0].address.port, 7)
-            await wait_for(lambda: len(records(caplog, "api-start")) == 3, what="third api-start")
-            assert len(records(caplog, "client-id-clash")) == 1
-            w3.close()
-        fake.close()
-    run(main())
+@on_each_loop
+async def test_relay_logs_client_id_and_version_and_warns_on_clash(caplog, version):
+    fake = FakeTws(version=version)
+    port = await fake.start()
+    async with relay_for(Endpoint("127.0.0.1", port)) as relay:
+        r1, w1 = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: records(caplog, "api-start"), what="api-start line")
+        start = records(caplog, "api-start")[0].fields
+        assert (start["client_id"], start["server_version"]) == (7, version)
+        r2, w2 = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: records(caplog, "client-id-clash"), what="clash warning")
+        clash = records(caplog, "client-id-clash")[0].fields
+        peers = [next(iter(relay.routes[0].active)).peer, list(relay.routes[0].active)[1].peer]
+        assert clash["held_by"] == peers[0] and clash["peer"] == peers[1] and clash["client_id"] == 7
+        w1.close()
+        w2.close()
+        await wait_for(lambda: len(records(caplog, "close")) == 2, what="close lines")
+        assert all(r.fields["client_id"] == 7 for r in records(caplog, "close"))
+        # once both are gone, clientId 7 is free again: no warning for the next one
+        r3, w3 = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: len(records(caplog, "api-start")) == 3, what="third api-start")
+        assert len(records(caplog, "client-id-clash")) == 1
+        w3.close()
+    fake.close()
 
 
-def test_relay_answers_a_duplicate_with_error_326_when_asked(run, caplog):
-    async def main():
-        fake = FakeTws(version=176)
-        port = await fake.start()
-        async with relay_for(Endpoint("127.0.0.1", port), reject_duplicate_client_id=True) as relay:
-            rport = relay.routes[0].address.port
-            r1, w1 = await connect_bot(rport, 3)
-            assert (await read_message(r1))[0] == "15"        # the first bot is served normally
-            r2, w2 = await connect_bot(rport, 3)
-            got = []
-            while True:
-                try:
-                    got.append(await asyncio.wait_for(read_message(r2), 3))
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-            assert ["4", "2", "-1", "326"] == got[-1][:4]     # TWS's own error, then the connection closes
-            w1.write(tws.fields_message(49, 1))               # the first bot still works
-            assert (await read_message(r1))[0] in ("9", "4", "49")
-            w1.close()
-            w2.close()
-        fake.close()
-    run(main())
+@on_each_loop
+async def test_relay_answers_a_duplicate_with_error_326_when_asked(caplog):
+    fake = FakeTws(version=176)
+    port = await fake.start()
+    async with relay_for(Endpoint("127.0.0.1", port), reject_duplicate_client_id=True) as relay:
+        rport = relay.routes[0].address.port
+        r1, w1 = await connect_bot(rport, 3)
+        assert (await read_message(r1))[0] == "15"        # the first bot is served normally
+        r2, w2 = await connect_bot(rport, 3)
+        got = []
+        while True:
+            try:
+                got.append(await asyncio.wait_for(read_message(r2), 3))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+        assert ["4", "2", "-1", "326"] == got[-1][:4]     # TWS's own error, then the connection closes
+        w1.write(tws.fields_message(49, 1))               # the first bot still works
+        assert (await read_message(r1))[0] in ("9", "4", "49")
+        w1.close()
+        w2.close()
+    fake.close()
 
 
 @pytest.mark.parametrize("pump", ["python", "native"])
-def test_a_bot_that_left_is_no_clash_while_tws_still_holds_its_side(run, caplog, pump):
+@on_each_loop
+async def test_a_bot_that_left_is_no_clash_while_tws_still_holds_its_side(caplog, pump):
     """A bot that disconnects and reconnects at once with the same clientId (ib_async reconnecting, a
     restarted script) must not meet a clash of its own making: once the bot's FIN is on its way to
     TWS the old session is over, even while TWS has not closed its side yet (the relay keeps that
@@ -255,31 +255,29 @@ def test_a_bot_that_left_is_no_clash_while_tws_still_holds_its_side(run, caplog,
     if missing:
         pytest.skip(missing)
 
-    async def main():
-        fake = FakeTws(version=176)
-        fake.linger = asyncio.Event()       # TWS keeps the old session's side open until told
-        async with relay_for(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True,
-                             pump="python" if pump == "python" else "auto") as relay:
-            route, rport = relay.routes[0], relay.routes[0].address.port
-            r1, w1 = await connect_bot(rport, 7)
-            assert (await read_message(r1))[0] == "15"
-            first = next(iter(route.active))
-            await wait_for(lambda: first.handed_over == (pump == "native"), what="the pump that carries the session")
-            w1.close()
-            await wait_for(lambda: fake.eofs == 1, what="the old session's end, relayed to TWS")
-            assert not first.finished, "TWS still holds its side: the relay's session is not over yet"
-            r2, w2 = await connect_bot(rport, 7)
-            assert (await read_message(r2))[0] == "15", "the reconnect is served, not refused"
-            assert not records(caplog, "client-id-clash")
-            fake.linger.set()
-            await wait_for(lambda: first.finished, what="the old session's close")
-            r3, w3 = await connect_bot(rport, 7)              # the live one still holds clientId 7
-            await wait_for(lambda: records(caplog, "client-id-clash"), what="a real clash")
-            assert records(caplog, "client-id-clash")[0].fields["held_by"] != first.peer
-            for w in (w2, w3):
-                w.close()
-        fake.close()
-    run(main())
+    fake = FakeTws(version=176)
+    fake.linger = asyncio.Event()       # TWS keeps the old session's side open until told
+    async with relay_for(Endpoint("127.0.0.1", await fake.start()), reject_duplicate_client_id=True,
+                         pump="python" if pump == "python" else "auto") as relay:
+        route, rport = relay.routes[0], relay.routes[0].address.port
+        r1, w1 = await connect_bot(rport, 7)
+        assert (await read_message(r1))[0] == "15"
+        first = next(iter(route.active))
+        await wait_for(lambda: first.handed_over == (pump == "native"), what="the pump that carries the session")
+        w1.close()
+        await wait_for(lambda: fake.eofs == 1, what="the old session's end, relayed to TWS")
+        assert not first.finished, "TWS still holds its side: the relay's session is not over yet"
+        r2, w2 = await connect_bot(rport, 7)
+        assert (await read_message(r2))[0] == "15", "the reconnect is served, not refused"
+        assert not records(caplog, "client-id-clash")
+        fake.linger.set()
+        await wait_for(lambda: first.finished, what="the old session's close")
+        r3, w3 = await connect_bot(rport, 7)              # the live one still holds clientId 7
+        await wait_for(lambda: records(caplog, "client-id-clash"), what="a real clash")
+        assert records(caplog, "client-id-clash")[0].fields["held_by"] != first.peer
+        for w in (w2, w3):
+            w.close()
+    fake.close()
 
 
 def test_tws_awareness_off_logs_no_client_ids(run, caplog):
@@ -298,7 +296,8 @@ def test_tws_awareness_off_logs_no_client_ids(run, caplog):
 
 @pytest.mark.parametrize("pump", ["python", "native"])
 @pytest.mark.parametrize("mode", ["stream", "refuse-stream"])
-def test_a_session_that_never_settles_is_relayed_exactly_and_leaves_the_watch(run, caplog, pump, mode):
+@on_each_loop
+async def test_a_session_that_never_settles_is_relayed_exactly_and_leaves_the_watch(caplog, pump, mode):
     """TWS streams market data after startApi without nextValidId / managedAccounts (or after an
     error that refuses the opening): the watch ends at its bound with one line, the session moves to
     the native pump where it is built, and every byte arrives in order."""
@@ -306,47 +305,44 @@ def test_a_session_that_never_settles_is_relayed_exactly_and_leaves_the_watch(ru
     if missing:
         pytest.skip(missing)
 
-    async def main():
-        fake = FakeTws(version=176, mode=mode)
-        fake.stream_bytes = 2 << 20
-        async with relay_for(Endpoint("127.0.0.1", await fake.start()),
-                             pump="python" if pump == "python" else "auto") as relay:
-            reader, writer = await connect_bot(relay.routes[0].address.port, 7)
-            await wait_for(lambda: fake.streamed, what="the stand-in's stream")
-            assert await reader.readexactly(len(fake.streamed)) == fake.streamed
-            splice = next(iter(relay.routes[0].active))
-            await wait_for(lambda: splice.session.handshake is None, what="the end of the watch")
-            await wait_for(lambda: splice.handed_over == (pump == "native"), what="the pump that carries the session")
-            writer.write(tws.fields_message(49, 1))                  # the session still works both ways
-            assert (await read_message(reader))[0] == "49"
-            if mode == "stream":
-                (line,) = records(caplog, "api-unsettled")
-                assert line.fields["saw"] == "hello,version,startApi" and line.fields["client_id"] == 7
-                assert line.fields["missing"] == "managedAccounts,nextValidId"
-                assert line.fields["after"] == f"{tws.LIMIT // 1024} KiB from the server"
-                assert splice.session.phase == "unsettled"
-            else:
-                assert records(caplog, "api-refused")[0].fields["code"] == 504 and not records(caplog, "api-unsettled")
-            writer.close()
-        fake.close()
-    run(main())
+    fake = FakeTws(version=176, mode=mode)
+    fake.stream_bytes = 2 << 20
+    async with relay_for(Endpoint("127.0.0.1", await fake.start()),
+                         pump="python" if pump == "python" else "auto") as relay:
+        reader, writer = await connect_bot(relay.routes[0].address.port, 7)
+        await wait_for(lambda: fake.streamed, what="the stand-in's stream")
+        assert await reader.readexactly(len(fake.streamed)) == fake.streamed
+        splice = next(iter(relay.routes[0].active))
+        await wait_for(lambda: splice.session.handshake is None, what="the end of the watch")
+        await wait_for(lambda: splice.handed_over == (pump == "native"), what="the pump that carries the session")
+        writer.write(tws.fields_message(49, 1))                  # the session still works both ways
+        assert (await read_message(reader))[0] == "49"
+        if mode == "stream":
+            (line,) = records(caplog, "api-unsettled")
+            assert line.fields["saw"] == "hello,version,startApi" and line.fields["client_id"] == 7
+            assert line.fields["missing"] == "managedAccounts,nextValidId"
+            assert line.fields["after"] == f"{tws.LIMIT // 1024} KiB from the server"
+            assert splice.session.phase == "unsettled"
+        else:
+            assert records(caplog, "api-refused")[0].fields["code"] == 504 and not records(caplog, "api-unsettled")
+        writer.close()
+    fake.close()
 
 
-def test_the_watch_ends_in_time_for_a_bot_that_never_sends_start_api(run, caplog, monkeypatch):
+@on_each_loop
+async def test_the_watch_ends_in_time_for_a_bot_that_never_sends_start_api(caplog, monkeypatch):
     monkeypatch.setattr(tws, "WATCH_TIMEOUT", 0.2)
 
-    async def main():
-        fake = FakeTws(version=176)
-        async with relay_for(Endpoint("127.0.0.1", await fake.start())) as relay:
-            reader, writer = await asyncio.open_connection(*address(relay))
-            writer.write(tws.client_hello(157, 178))
-            await read_message(reader)                                # the version reply, then nothing
-            await wait_for(lambda: records(caplog, "api-unsettled"), what="the watch's end")
-            line = records(caplog, "api-unsettled")[0].fields
-            assert (line["saw"], line["after"], line["client_id"]) == ("hello,version", "0.2 s", None)
-            writer.write(start_api(176, 3))                           # late, but relayed untouched
-            assert (await read_message(reader))[0] == "15"
-            assert not records(caplog, "api-start")
-            writer.close()
-        fake.close()
-    run(main())
+    fake = FakeTws(version=176)
+    async with relay_for(Endpoint("127.0.0.1", await fake.start())) as relay:
+        reader, writer = await asyncio.open_connection(*address(relay))
+        writer.write(tws.client_hello(157, 178))
+        await read_message(reader)                                # the version reply, then nothing
+        await wait_for(lambda: records(caplog, "api-unsettled"), what="the watch's end")
+        line = records(caplog, "api-unsettled")[0].fields
+        assert (line["saw"], line["after"], line["client_id"]) == ("hello,version", "0.2 s", None)
+        writer.write(start_api(176, 3))                           # late, but relayed untouched
+        assert (await read_message(reader))[0] == "15"
+        assert not records(caplog, "api-start")
+        writer.close()
+    fake.close()

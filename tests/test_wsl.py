@@ -5,6 +5,7 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import on_each_loop
 from fake_tws import FakeTws
 from helpers import Backend, echo, relay_for
 from relay import discovery
@@ -143,65 +144,62 @@ def test_any_bytes_give_an_answer_or_a_discovery_error(data):
         pass
 
 
-def test_relay_serves_discovery_with_target_state_and_allowlist(run):
-    async def main():
-        async with Backend(echo) as backend:
-            target = backend.endpoint
-            async with relay_for(target, discovery_port=0, name="tws-paper") as relay:
-                dport = relay.discovery[0][0].port
-                ans = await discovery.fetch("127.0.0.1", dport, 2)
-                assert ans.routes == (discovery.RouteInfo("tws-paper", relay.routes[0].address.port,
-                                                          str(backend.endpoint), True),)
-        async with relay_for(target, discovery_port=0) as relay:  # the backend is gone now
-            assert (await discovery.fetch("127.0.0.1", relay.discovery[0][0].port, 2)).routes[0].target_up is False
-        async with relay_for(target, discovery_port=0, allow=(ipaddress.ip_network("10.0.0.0/8"),)) as outsider:
-            with pytest.raises((discovery.DiscoveryError, ConnectionError)):
-                await discovery.fetch("127.0.0.1", outsider.discovery[0][0].port, 2)
-    run(main())
+@on_each_loop
+async def test_relay_serves_discovery_with_target_state_and_allowlist():
+    async with Backend(echo) as backend:
+        target = backend.endpoint
+        async with relay_for(target, discovery_port=0, name="tws-paper") as relay:
+            dport = relay.discovery[0][0].port
+            ans = await discovery.fetch("127.0.0.1", dport, 2)
+            assert ans.routes == (discovery.RouteInfo("tws-paper", relay.routes[0].address.port,
+                                                      str(backend.endpoint), True),)
+    async with relay_for(target, discovery_port=0) as relay:  # the backend is gone now
+        assert (await discovery.fetch("127.0.0.1", relay.discovery[0][0].port, 2)).routes[0].target_up is False
+    async with relay_for(target, discovery_port=0, allow=(ipaddress.ip_network("10.0.0.0/8"),)) as outsider:
+        with pytest.raises((discovery.DiscoveryError, ConnectionError)):
+            await discovery.fetch("127.0.0.1", outsider.discovery[0][0].port, 2)
 
 
 # -- handshake probes on loopback
 
-def test_probe_verdicts(run):
-    async def main():
-        tws = FakeTws()
-        port = await tws.start()
-        v = await wsl.probe("127.0.0.1", port, 2, "TWS port", via_relay=False)
-        assert (v.status, v.server_version) == ("ok", 176)
-        tws.close()
-        assert (await wsl.probe("127.0.0.1", port, 2, "x", via_relay=False)).status == "refused"
+@on_each_loop
+async def test_probe_verdicts():
+    tws = FakeTws()
+    port = await tws.start()
+    v = await wsl.probe("127.0.0.1", port, 2, "TWS port", via_relay=False)
+    assert (v.status, v.server_version) == ("ok", 176)
+    tws.close()
+    assert (await wsl.probe("127.0.0.1", port, 2, "x", via_relay=False)).status == "refused"
 
-        async def garbage(reader, writer):
-            writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-        async with Backend(garbage) as b:
-            assert (await wsl.probe("127.0.0.1", b.endpoint.port, 2, "x", via_relay=False)).status == "not-tws"
+    async def garbage(reader, writer):
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    async with Backend(garbage) as b:
+        assert (await wsl.probe("127.0.0.1", b.endpoint.port, 2, "x", via_relay=False)).status == "not-tws"
 
-        async def silent(reader, writer):     # accepts, never answers: a wedged TWS (a firewall drop
-            await reader.read()               # would not even complete the connect)
-        async with Backend(silent) as b:
-            v = await wsl.probe("127.0.0.1", b.endpoint.port, 0.3, "x", via_relay=False)
-            assert v.status == "wedged" and "never answered the API handshake" in v.detail
+    async def silent(reader, writer):     # accepts, never answers: a wedged TWS (a firewall drop
+        await reader.read()               # would not even complete the connect)
+    async with Backend(silent) as b:
+        v = await wsl.probe("127.0.0.1", b.endpoint.port, 0.3, "x", via_relay=False)
+        assert v.status == "wedged" and "never answered the API handshake" in v.detail
 
-        async def hang_up(reader, writer):
-            await reader.readexactly(4)
-        async with Backend(hang_up) as b:
-            assert (await wsl.probe("127.0.0.1", b.endpoint.port, 2, "x", via_relay=False)).status == "closed"
+    async def hang_up(reader, writer):
+        await reader.readexactly(4)
+    async with Backend(hang_up) as b:
+        assert (await wsl.probe("127.0.0.1", b.endpoint.port, 2, "x", via_relay=False)).status == "closed"
 
-        async with relay_for(Endpoint("127.0.0.1", port)) as relay:  # relay up, TWS down
-            v = await wsl.probe("127.0.0.1", relay.routes[0].address.port, 2, "route", via_relay=True)
-            assert v.status in ("reset", "closed") and "not answering" in v.detail
-    run(main())
+    async with relay_for(Endpoint("127.0.0.1", port)) as relay:  # relay up, TWS down
+        v = await wsl.probe("127.0.0.1", relay.routes[0].address.port, 2, "route", via_relay=True)
+        assert v.status in ("reset", "closed") and "not answering" in v.detail
 
 
-def test_discover_through_relay_on_loopback(run):
-    async def main():
-        tws = FakeTws()
-        port = await tws.start()
-        async with relay_for(Endpoint("127.0.0.1", port), discovery_port=0, name="tws-paper") as relay:
-            facts = wsl.Facts()   # not WSL, no route table: the host comes from --host
-            report = await wsl.discover(facts, host="127.0.0.1", discovery_port=relay.discovery[0][0].port, timeout=2)
-            assert report.best is not None and report.best.port == relay.routes[0].address.port
-            assert report.route == "tws-paper"
-            assert [v.status for v in report.verdicts] == ["ok", "ok"]
-        tws.close()
-    run(main())
+@on_each_loop
+async def test_discover_through_relay_on_loopback():
+    tws = FakeTws()
+    port = await tws.start()
+    async with relay_for(Endpoint("127.0.0.1", port), discovery_port=0, name="tws-paper") as relay:
+        facts = wsl.Facts()   # not WSL, no route table: the host comes from --host
+        report = await wsl.discover(facts, host="127.0.0.1", discovery_port=relay.discovery[0][0].port, timeout=2)
+        assert report.best is not None and report.best.port == relay.routes[0].address.port
+        assert report.route == "tws-paper"
+        assert [v.status for v in report.verdicts] == ["ok", "ok"]
+    tws.close()
