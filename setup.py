@@ -31,6 +31,9 @@ class NoPythonAbiWheel(bdist_wheel):
 
 ext_modules = []
 if sys.platform.startswith("linux") and os.environ.get("RELAY_PURE") != "1":
+    # the build folder (a random temporary one when built from the sdist) kept out of the library,
+    # so the same source builds the same bytes
     ext_modules.append(Extension("relay._pump", ["relay/_pump.c"], optional=True,
-                                 extra_compile_args=["-O2", "-pthread"], extra_link_args=["-pthread"]))
+                                 extra_compile_args=["-O2", "-pthread", f"-ffile-prefix-map={os.getcwd()}=."],
+                                 extra_link_args=["-pthread"]))
 setup(ext_modules=ext_modules, cmdclass={"build_ext": BuildPump, "bdist_wheel": NoPythonAbiWheel})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import hashlib
 import io
 import os
@@ -92,6 +93,15 @@ def _commit_time(root: str) -> str:
                           check=True).stdout.strip()
 
 
+def _gzip_at(path: str, mtime: int) -> None:
+    """Give a .tar.gz's gzip header the commit's time instead of the clock's (tarfile writes the
+    clock's), so two builds of one commit are the same bytes."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime) as z:
+        z.write(data)
+
+
 def build(root: str, out: str, tag: Optional[str]) -> List[str]:
     ver = version(root)
     check_tag(tag, ver)
@@ -113,6 +123,7 @@ def build(root: str, out: str, tag: Optional[str]) -> List[str]:
         tree = _export(root, work)
         _run(py + ["build", "--sdist", "--outdir", out, tree], env=env)
         (sdist,) = glob.glob(os.path.join(out, "*.tar.gz"))
+        _gzip_at(sdist, int(env["SOURCE_DATE_EPOCH"]))
         # both wheels from the sdist, as pip builds one: proves the sdist holds everything
         _run(py + ["build", "--wheel", "--outdir", out, sdist], env=dict(env, RELAY_PURE="1"))
         if sys.platform.startswith("linux"):
