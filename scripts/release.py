@@ -93,13 +93,20 @@ def _commit_time(root: str) -> str:
                           check=True).stdout.strip()
 
 
-def _gzip_at(path: str, mtime: int) -> None:
-    """Give a .tar.gz's gzip header the commit's time instead of the clock's (tarfile writes the
-    clock's), so two builds of one commit are the same bytes."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+def _clamp_sdist(path: str, mtime: int) -> None:
+    """Rewrite the sdist with no time later than the commit's: the files setuptools generates
+    (PKG-INFO, setup.cfg, the folders) and the gzip header otherwise carry the clock's, and two
+    builds of one commit would differ."""
+    with tarfile.open(path, "r:gz") as src:
+        members = [(m, src.extractfile(m).read() if m.isfile() else None) for m in src.getmembers()]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        for m, data in members:
+            m.mtime = min(int(m.mtime), mtime)
+            m.pax_headers = {k: v for k, v in m.pax_headers.items() if k not in ("mtime", "atime", "ctime")}
+            dst.addfile(m, io.BytesIO(data) if data is not None else None)
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime) as z:
-        z.write(data)
+        z.write(buf.getvalue())
 
 
 def build(root: str, out: str, tag: Optional[str]) -> List[str]:
@@ -123,7 +130,7 @@ def build(root: str, out: str, tag: Optional[str]) -> List[str]:
         tree = _export(root, work)
         _run(py + ["build", "--sdist", "--outdir", out, tree], env=env)
         (sdist,) = glob.glob(os.path.join(out, "*.tar.gz"))
-        _gzip_at(sdist, int(env["SOURCE_DATE_EPOCH"]))
+        _clamp_sdist(sdist, int(env["SOURCE_DATE_EPOCH"]))
         # both wheels from the sdist, as pip builds one: proves the sdist holds everything
         _run(py + ["build", "--wheel", "--outdir", out, sdist], env=dict(env, RELAY_PURE="1"))
         if sys.platform.startswith("linux"):
