@@ -105,14 +105,29 @@ def test_the_windows_zip_is_flat_beside_the_logon_script(tmp_path):
         release.windows_zip(str(tmp_path), str(tmp_path / "out"))
 
 
-@pytest.fixture
-def clone(tmp_path):
+def _clone(path):
     """This checkout's HEAD in a fresh clone: what a release would be built from."""
-    path = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", ROOT, str(path)], check=True)
     for key, value in (("user.name", "test"), ("user.email", "test@example.invalid")):
         subprocess.run(["git", "-C", str(path), "config", key, value], check=True)
     return path
+
+
+@pytest.fixture
+def clone(tmp_path):
+    return _clone(tmp_path / "clone")
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    """One release build of a fresh clone, for the tests that install it: (clone, its output)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only: builds the Linux wheel with the native pump (epoll) and checks it with auditwheel")
+    base = tmp_path_factory.mktemp("released")
+    clone = _clone(base / "clone")
+    r = _release(clone, "--out", str(base / "release"), "--tag", f"v{__version__}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return clone, base / "release", r.stdout
 
 
 def _release(clone, *args, **kw):
@@ -182,10 +197,8 @@ def _spliced_session(relay_bin, echo_port):
 
 @pytest.mark.release
 @linux_only_because("builds the Linux wheel with the native pump (epoll) and checks it with auditwheel")
-def test_the_release_builds_and_each_wheel_runs_in_fresh_venvs_of_every_python(clone, tmp_path, echo_server):
-    out = tmp_path / "release"
-    r = _release(clone, "--out", str(out), "--tag", f"v{__version__}")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+def test_the_release_builds_and_each_wheel_runs_in_fresh_venvs_of_every_python(released, tmp_path, echo_server):
+    clone, out, stdout = released
     names = sorted(os.listdir(out))
     pure, native = f"tws_relay-{__version__}-py3-none-any.whl", None
     for name in names:
@@ -194,9 +207,13 @@ def test_the_release_builds_and_each_wheel_runs_in_fresh_venvs_of_every_python(c
             native = name
     assert native and pure in names and f"tws_relay-{__version__}.tar.gz" in names, names
     assert set(names) == {pure, native, f"tws_relay-{__version__}.tar.gz", "SHA256SUMS", "RELEASE-NOTES.md"}, names
-    assert "Checking" in r.stdout and "PASSED" in r.stdout                         # twine check
+    assert stdout.count("PASSED") == 3                                            # twine check, each artifact
     check = subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.count(": OK") == 3, check.stdout + check.stderr
+    # byte for byte: the same commit builds the same files (times from the commit, no build paths)
+    again = _release(clone, "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "again" / "SHA256SUMS").read_text() == (out / "SHA256SUMS").read_text()
     assert "relay/_pump.so" in zipfile.ZipFile(out / native).namelist()
     assert not [n for n in zipfile.ZipFile(out / pure).namelist() if n.endswith(".so")]
 
@@ -219,16 +236,14 @@ def test_the_release_builds_and_each_wheel_runs_in_fresh_venvs_of_every_python(c
 
 @pytest.mark.release
 @linux_only_because("Debian's pipx, as WSL users have it; network namespaces play Windows and WSL")
-def test_pipx_installs_the_wheel_for_wsl_and_autostart_survives_a_reinstall(clone, tmp_path):
+def test_pipx_installs_the_wheel_for_wsl_and_autostart_survives_a_reinstall(released, tmp_path):
     from netns import HostAndGuest, skip_without_namespaces
     pipx = shutil.which("pipx")
     if not pipx:
         assert not CI, "CI installs Debian's pipx (.ci/run)"
         pytest.skip("pipx is not installed (Debian/Ubuntu: apt install pipx)")
     skip_without_namespaces()
-    out = tmp_path / "release"
-    r = _release(clone, "--out", str(out))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _, out, _ = released
     (wheel,) = [p for p in os.listdir(out) if "manylinux" in p]
     home = tmp_path / "home"
     home.mkdir()
