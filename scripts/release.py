@@ -170,11 +170,9 @@ def write_sums(folder: str) -> str:
 def windows_zip(folder: str, out: str, root: str = ROOT) -> str:
     """scripts/build-exe's folder, flat, with what a Windows user needs beside it: the logon-task
     script finds relayw.exe beside itself, and relay.exe reads the relay.yaml of its folder."""
-    ver = version(root)
-    if not os.path.isfile(os.path.join(folder, "relay.exe")) and not os.path.isfile(os.path.join(folder, "relay")):
-        raise Refused(f"{folder} holds no relay.exe: run scripts/build-exe first")
-    name = f"tws-relay-{ver}-windows-x64" if os.path.isfile(os.path.join(folder, "relay.exe")) else \
-        f"tws-relay-{ver}-{sys.platform}-onedir"
+    if not all(os.path.isfile(os.path.join(folder, exe)) for exe in ("relay.exe", "relayw.exe")):
+        raise Refused(f"{folder} holds no relay.exe and relayw.exe: run scripts/build-exe on Windows first")
+    name = f"tws-relay-{version(root)}-windows-x64"
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name + ".zip")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:

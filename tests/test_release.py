@@ -101,8 +101,9 @@ def test_the_windows_zip_is_flat_beside_the_logon_script(tmp_path):
     assert names == {f"{top}/{n}" for n in ("relay.exe", "relayw.exe", "_internal/python311.dll", "relay.yaml",
                                             "install-logon-task.ps1", "remove-logon-task.ps1", "firewall-rule.ps1",
                                             "README-WINDOWS.txt")}
-    with pytest.raises(release.Refused, match="run scripts/build-exe first"):
-        release.windows_zip(str(tmp_path), str(tmp_path / "out"))
+    os.remove(dist / "relayw.exe")
+    with pytest.raises(release.Refused, match="run scripts/build-exe on Windows first"):
+        release.windows_zip(str(dist), str(tmp_path / "out"))
 
 
 def _clone(path):
