@@ -1,10 +1,12 @@
-"""Build what a release ships into one folder, byte for byte what the release workflow attaches and
-publishes. Run through `scripts/release`, which makes the venv and installs the build tools.
+"""Build what a release ships into one folder, with the same script the release workflow runs; one
+commit builds the same bytes on the same machine. Run it as `scripts/release`, which makes the venv
+and installs the build tools.
 
   scripts/release [--tag vX.Y.Z] [--out DIR]      this machine's part, from the committed tree:
       tws_relay-V.tar.gz                            the sdist
       tws_relay-V-py3-none-any.whl                  pure Python (the Python pump), every platform
       tws_relay-V-py3-none-manylinux_*_ARCH.whl     with the native pump (Linux, this machine's arch)
+      SHA256SUMS                                    over the three
       RELEASE-NOTES.md                              CHANGELOG.md's section for V (not an artifact)
   scripts/release --windows-zip FOLDER [--out DIR]  zip scripts/build-exe's dist/tws-relay/ with
       relay.yaml, the PowerShell scripts and README-WINDOWS.txt: tws-relay-V-windows-x64.zip
@@ -187,7 +189,8 @@ def windows_zip(folder: str, out: str, root: str = ROOT) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="scripts/release", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="scripts/release", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tag", help="the release tag (vX.Y.Z); refused unless it is v + relay.__version__")
     p.add_argument("--out", default=os.path.join(ROOT, "dist", "release"), help="where to put it (empty or new)")
     p.add_argument("--windows-zip", metavar="FOLDER", help="zip scripts/build-exe's folder instead")
