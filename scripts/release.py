@@ -139,7 +139,9 @@ def build(root: str, out: str, tag: Optional[str]) -> List[str]:
             native = os.path.join(work, "native")
             _run(py + ["build", "--wheel", "--outdir", native, sdist], env=env)
             (wheel,) = glob.glob(os.path.join(native, "*.whl"))
-            if "relay/_pump.so" not in zipfile.ZipFile(wheel).namelist():
+            with zipfile.ZipFile(wheel) as z:
+                carries_pump = "relay/_pump.so" in z.namelist()
+            if not carries_pump:
                 raise RuntimeError(f"{os.path.basename(wheel)} has no relay/_pump.so: the native pump did not build "
                                    "(is a C compiler installed?)")
             # the pump is loaded with ctypes and uses no Python ABI (py3-none); auditwheel checks it
