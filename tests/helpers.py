@@ -104,6 +104,11 @@ def relay_for(target: Endpoint, *, allow=None, max_connections: int = 32, listen
     return running(Relay(config, if_addrs=if_addrs if if_addrs is not None else {}))
 
 
+def listen_port(line: str) -> int:
+    """The port of a log line's `listen=HOST:PORT` (a relay started on port 0 says which it took)."""
+    return int(line.split("listen=")[1].split()[0].rsplit(":", 1)[1])
+
+
 def address(relay: Relay, i: int = 0):
     a = relay.routes[i].address
     return a.host, a.port

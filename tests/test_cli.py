@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from conftest import linux_only, windows_only
-from helpers import Proc, tcp_states
+from helpers import Proc, listen_port, tcp_states
 from relay import cli, config as cfg, native_pump
 
 RELAY = [sys.executable, "-m", "relay"]
@@ -20,10 +20,6 @@ def RelayProcess(*args, cwd=None):
 
 def run_relay(*args, cwd=None, timeout=20):
     return subprocess.run(RELAY + list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def listen_port(line):
-    return int(line.split(" listen=")[1].split()[0].rsplit(":", 1)[1])
 
 
 def test_help_lists_commands_and_one_route_form():

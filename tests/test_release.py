@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from conftest import linux_only_because
-from helpers import Proc
+from helpers import Proc, listen_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -180,7 +180,7 @@ def _spliced_session(relay_bin, echo_port):
     try:
         starting = relay.wait_line(" starting ")
         listening = relay.wait_line(" listening ")
-        port = int(listening.split(" listen=")[1].split()[0].rsplit(":", 1)[1])
+        port = listen_port(listening)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
             c.sendall(b"tick" * 1000)
             got = b""

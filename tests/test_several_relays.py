@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from helpers import Proc
+from helpers import Proc, listen_port
 from netns import HostAndGuest, skip_without_namespaces
 
 HERE = os.path.dirname(__file__)
@@ -86,18 +86,14 @@ def test_one_route_relays_side_by_side_are_all_found_from_wsl_without_flags():
                 p.kill()
 
 
-def _port_from(line):
-    return int(line.split("listen=")[1].split()[0].rsplit(":", 1)[1])
-
-
 def test_answers_hold_up_under_a_burst_of_500_clients(tmp_path):
     """Every one of 500 clients connecting at once gets the answer: none is left connected on its
     side only (asyncio's default backlog of 100 left 10-29% of them hanging)."""
     relay = Proc(RELAY + ["serve", "--listen", "127.0.0.1:0", "--target", "127.0.0.1:9",
                           "--discovery-port", "0", "--status-port", "0", "--log-level", "info"])
     try:
-        ports = {"discovery": _port_from(relay.wait_line("discovery-listening")),
-                 "status": _port_from(relay.wait_line("status-listening"))}
+        ports = {"discovery": listen_port(relay.wait_line("discovery-listening")),
+                 "status": listen_port(relay.wait_line("status-listening"))}
         relay.wait_line("ready")
         for kind, port in ports.items():
             sel = selectors.DefaultSelector()

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import Proc
+from helpers import Proc, listen_port
 
 HERE = os.path.dirname(__file__)
 RELAY = [sys.executable, "-m", "relay"]
@@ -27,7 +27,7 @@ def relay_and_tws():
                           "--name", "tws-paper", "--discovery-port", "0"])
     line = relay.wait_line("discovery-listening")
     dport = int(line.split("listen=")[1].split()[0].rsplit(":", 1)[1])
-    rport = int(relay.wait_line(" listening ").split(" listen=")[1].split()[0].rsplit(":", 1)[1])
+    rport = listen_port(relay.wait_line(" listening "))
     yield dport, rport
     relay.kill()
     tws.kill()
