@@ -1,5 +1,5 @@
-"""What the commands share: exit codes, the one-line failure (exit 2, never a traceback), the
-option type that takes a port or `off`, and `relay serve`'s options made from config.SETTINGS."""
+"""What the commands share: exit codes, the one-line failure (exit 2, never a traceback), and the
+options made from config.SETTINGS, read by relay.yaml's own readers."""
 from __future__ import annotations
 
 import sys
@@ -12,27 +12,6 @@ from . import config as cfg
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 STATUS_PORT = cfg.STATUS_PORT
-
-
-class NumberOrWord(click.ParamType):
-    """A whole number from `low` to `high`, or one of `words` (each standing for a value)."""
-
-    def __init__(self, name: str, words: dict, low: int, high: int, what: str, word: str):
-        self.name, self.words, self.low, self.high, self.what, self.word = name, words, low, high, what, word
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, int):
-            return value
-        text = str(value).strip().lower()
-        if text in self.words:
-            return self.words[text]
-        if text.isdigit() and self.low <= int(text) <= self.high:
-            return int(text)
-        self.fail(f"{value!r} is not {self.what} ({self.low}-{self.high}) or {self.word!r}", param, ctx)
-
-
-# a port, or `off` (also `false`, as relay.yaml says it): None
-PORT_OR_OFF = NumberOrWord("PORT|off", {"off": None, "false": None, "no": None}, 0, 65535, "a port", "off")
 
 
 class SettingValue(click.ParamType):
@@ -53,6 +32,12 @@ class SettingValue(click.ParamType):
             return self.setting.read(scalar if isinstance(scalar, (bool, int)) else value, self.setting.option)
         except cfg.ConfigError as e:
             self.fail(e.problem, param, ctx)
+
+
+def setting_type(key: str) -> SettingValue:
+    """The option type of the setting at `key`, for a command that takes it under its own option."""
+    (setting,) = [s for s in cfg.SETTINGS if s.key == key]
+    return SettingValue(setting)
 
 
 def setting_options(one_route: bool) -> Callable:

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .. import config as cfg, discovery, tws
-from ..cli_args import EXIT_FAIL, EXIT_OK, PORT_OR_OFF, STATUS_PORT, fail
+from ..cli_args import EXIT_FAIL, EXIT_OK, STATUS_PORT, fail, setting_type
 from ..runner import CannotStart, run
 
 
@@ -134,7 +134,7 @@ def wsl_configure(host, port, route, discovery_port, timeout, env_path, yaml_pat
               help="The Windows relay's discovery port.")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=2.0, show_default=True,
               help="Seconds per connection attempt while looking for Windows.")
-@click.option("--status-port", type=PORT_OR_OFF, default=str(STATUS_PORT), show_default=True,
+@click.option("--status-port", type=setting_type("status_port"), default=str(STATUS_PORT), show_default=True,
               help="Port of the forwarder's local status answer (`relay status`); 'off' turns it off.")
 @click.option("--loop", "loop_choice", type=click.Choice(cfg.LOOPS), default="auto", show_default=True)
 @click.option("--log-format", type=click.Choice(cfg.LOG_FORMATS), default="text", show_default=True)
